@@ -1,0 +1,90 @@
+//! `ApiError`: every way a request can fail, mapped to an HTTP status in one
+//! exhaustive match. 4xx bodies say what to fix; 5xx bodies say "internal
+//! error" (or that the store is unavailable) and the cause goes to the log.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::runner::RunError;
+use crate::state::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no flow named `{name}`; loaded flows: [{}]", known.join(", "))]
+    UnknownFlow { name: String, known: Vec<String> },
+    #[error("no run {id} of flow `{flow}`")]
+    RunNotFound { flow: String, id: String },
+    #[error("`{0}` is not a flow id: expected a UUID such as 0193a7c4-5e1b-7cc0-9f3a-2d4e5f607182")]
+    BadFlowId(String),
+    #[error("request body is not valid: {0}")]
+    BadBody(String),
+    #[error("invalid inputs")]
+    InvalidInputs(Vec<String>),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("state store unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::UnknownFlow { .. } => (StatusCode::NOT_FOUND, "unknown_flow"),
+            ApiError::RunNotFound { .. } => (StatusCode::NOT_FOUND, "run_not_found"),
+            ApiError::BadFlowId(_) => (StatusCode::BAD_REQUEST, "bad_flow_id"),
+            ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            ApiError::InvalidInputs(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_inputs"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => ApiError::Unavailable(e),
+            StoreError::AlreadyExists(id) => {
+                ApiError::Conflict(format!("a flow with id {id} exists already"))
+            }
+            StoreError::NotFound(_) | StoreError::Corrupt { .. } => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::InvalidInputs(problems) => ApiError::InvalidInputs(problems),
+            RunError::DuplicateId(id) => {
+                ApiError::Conflict(format!("a flow with id {id} exists already: omit flow_id or pick a new one"))
+            }
+            RunError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if status.is_server_error() {
+            let cause = std::error::Error::source(&self)
+                .map(|s| format!("{s:#}"))
+                .unwrap_or_default();
+            tracing::error!(code, %cause, "request failed");
+        }
+        let mut body = json!({ "error": self.to_string(), "code": code });
+        if let ApiError::InvalidInputs(problems) = &self {
+            body["details"] = json!(problems);
+        }
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,104 @@
+//! Wires the adapters together from a validated `Config`: plugins, flows,
+//! state store, metrics and runner. `main` and the tests build an `App` the
+//! same way, then serve it or run a flow with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::flow::FlowCatalog;
+use crate::metrics::Metrics;
+use crate::plugin::{Limits, PluginHost};
+use crate::runner::{FlowRunner, RunnerConfig};
+use crate::state::{FallbackStore, RedisStoreConfig};
+
+pub struct App {
+    pub config: Config,
+    pub plugins: Arc<PluginHost>,
+    pub flows: Arc<FlowCatalog>,
+    pub store: Arc<FallbackStore>,
+    pub metrics: Arc<Metrics>,
+    pub runner: FlowRunner,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot start the WebAssembly engine: {0:#}")]
+    Engine(#[source] wasmtime::Error),
+}
+
+impl App {
+    /// Loads plugins and flows and connects the state store. Bad plugins and
+    /// flows are reported and left out; an unreachable Redis starts the host
+    /// degraded. Only an engine that cannot start is an error.
+    pub async fn build(config: Config) -> Result<Arc<App>, BuildError> {
+        let metrics = Arc::new(Metrics::new());
+        let plugins = Arc::new(Self::load_plugins(&config).await?);
+        metrics.plugins_loaded.set(plugins.plugins().count() as i64);
+        metrics.plugins_skipped.set(plugins.skipped().len() as i64);
+
+        let flows = Arc::new(Self::load_flows(&config, &plugins));
+        for error in flows.errors() {
+            tracing::error!(%error, "flow not loaded");
+        }
+        for flow in flows.flows() {
+            tracing::info!(flow = %flow.name, steps = flow.steps.len(), "flow loaded");
+        }
+
+        let store = match config.redis_url() {
+            Some(url) => {
+                let store = FallbackStore::redis(RedisStoreConfig {
+                    url: url.to_owned(),
+                    key_prefix: config.redis.key_prefix.clone(),
+                    response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
+                    connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
+                })
+                .await;
+                tokio::spawn(
+                    store
+                        .clone()
+                        .monitor(Duration::from_millis(config.redis.health_interval_ms)),
+                );
+                store
+            }
+            None => {
+                tracing::info!("no redis.url configured: flow state is kept in memory only");
+                FallbackStore::memory()
+            }
+        };
+        metrics.degraded.set(i64::from(store.is_degraded()));
+
+        let runner = FlowRunner::new(
+            plugins.clone(),
+            store.clone(),
+            metrics.clone(),
+            RunnerConfig {
+                step_timeout: config.step_timeout(),
+            },
+        );
+        Ok(Arc::new(App {
+            config,
+            plugins,
+            flows,
+            store,
+            metrics,
+            runner,
+        }))
+    }
+
+    /// The plugins folder alone, for `flowhost plugins` and validation.
+    pub async fn load_plugins(config: &Config) -> Result<PluginHost, BuildError> {
+        let mut plugins = PluginHost::new(Limits {
+            memory_bytes: config.limits.plugin_memory_bytes,
+            max_instances: config.limits.max_instances,
+            max_component_bytes: config.limits.max_component_bytes,
+        })
+        .map_err(BuildError::Engine)?;
+        plugins.load_dir(&config.plugins_dir).await;
+        Ok(plugins)
+    }
+
+    pub fn load_flows(config: &Config, plugins: &PluginHost) -> FlowCatalog {
+        FlowCatalog::load_dir(&config.flows_dir, &|name| plugins.get(name).is_some())
+    }
+}

@@ -1,0 +1,244 @@
+//! Configuration: `config.yaml`, then `FLOWHOST_*` environment variables, then
+//! command-line flags, each overriding the one before; validated once here.
+//! Every other module receives typed values and never reads the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: String,
+    /// Folder of executor plugins (`*.wasm` components).
+    pub plugins_dir: PathBuf,
+    /// Folder of flow definitions (`*.yaml`).
+    pub flows_dir: PathBuf,
+    pub redis: RedisConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; empty runs on the in-memory store.
+    pub url: String,
+    /// Prepended to every key flowhost writes.
+    pub key_prefix: String,
+    /// A Redis command slower than this counts as failed.
+    pub response_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// How often Redis is pinged, and reconnection tried while it is away.
+    pub health_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Default time a step may run; a flow file's `timeout_ms` overrides it.
+    pub step_timeout_ms: u64,
+    /// Largest linear memory of a plugin instance.
+    pub plugin_memory_bytes: usize,
+    /// Plugin instances alive at once; further steps wait for a slot.
+    pub max_instances: u32,
+    /// Component files larger than this are skipped.
+    pub max_component_bytes: u64,
+    /// Largest HTTP request body.
+    pub max_request_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            plugins_dir: "plugins/dist".into(),
+            flows_dir: "flows".into(),
+            redis: RedisConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            key_prefix: "fh:".into(),
+            response_timeout_ms: 2000,
+            connect_timeout_ms: 1000,
+            health_interval_ms: 2000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            step_timeout_ms: 30_000,
+            plugin_memory_bytes: 128 << 20,
+            max_instances: 256,
+            max_component_bytes: 32 << 20,
+            max_request_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Values given on the command line or in the environment; `None` keeps what
+/// the file says.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub redis_url: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+    pub flows_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path` when given (it must exist), else `./config.yaml` when it
+    /// exists, else the defaults; then applies `overrides` and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(p) => Self::from_file(p)?,
+            None if Path::new("config.yaml").is_file() => Self::from_file(Path::new("config.yaml"))?,
+            None => Config::default(),
+        };
+        if let Some(v) = &overrides.listen {
+            config.listen = v.clone();
+        }
+        if let Some(v) = &overrides.redis_url {
+            config.redis.url = v.clone();
+        }
+        if let Some(v) = &overrides.plugins_dir {
+            config.plugins_dir = v.clone();
+        }
+        if let Some(v) = &overrides.flows_dir {
+            config.flows_dir = v.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return invalid(format!("listen {:?} is not an address:port", self.listen));
+        }
+        let url = self.redis.url.trim();
+        if !url.is_empty() && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+            return invalid(format!(
+                "redis.url {url:?} must start with redis://, rediss:// or unix:// (or be empty for memory)"
+            ));
+        }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            return invalid("redis.key_prefix must not contain { or }".into());
+        }
+        if self.limits.step_timeout_ms == 0 || self.limits.max_instances == 0 {
+            return invalid("limits.step_timeout_ms and limits.max_instances must be above 0".into());
+        }
+        Ok(())
+    }
+
+    pub fn redis_url(&self) -> Option<&str> {
+        Some(self.redis.url.trim()).filter(|u| !u.is_empty())
+    }
+
+    pub fn step_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.step_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_parses_and_matches_the_defaults() {
+        let text = include_str!("../../config.yaml");
+        let parsed = Config::from_yaml(text).unwrap();
+        let default = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn overrides_win_and_bad_values_are_named() {
+        let o = Overrides {
+            listen: Some("0.0.0.0:9000".into()),
+            redis_url: Some("redis://127.0.0.1:1/".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(Path::new("../config.yaml")), &o).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.redis_url(), Some("redis://127.0.0.1:1/"));
+        let err = Config::from_yaml("listen: 1\nnope: 2\n").unwrap_err();
+        assert!(err.contains("nope"), "{err}");
+        let bad = Overrides {
+            redis_url: Some("localhost:6379".into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(Some(Path::new("../config.yaml")), &bad).unwrap_err();
+        assert!(err.to_string().contains("must start with redis://"), "{err}");
+    }
+}

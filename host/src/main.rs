@@ -1,0 +1,216 @@
+//! The `flowhost` command: parses the CLI, loads the configuration, builds the
+//! `App` and hands over to the library. No logic lives here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flowhost::App;
+use flowhost::config::{Config, LogFormat, Overrides};
+use flowhost::runner::FlowContext;
+use flowhost::state::FlowStatus;
+use serde_json::{Map, Value};
+
+#[derive(Parser)]
+#[command(name = "flowhost", version, about = "Runs flows of sandboxed WebAssembly steps")]
+struct Cli {
+    /// Configuration file [default: ./config.yaml when present]
+    #[arg(long, global = true, env = "FLOWHOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address:port to listen on
+    #[arg(long, global = true, env = "FLOWHOST_LISTEN")]
+    listen: Option<String>,
+    /// Redis URL; empty keeps flow state in memory
+    #[arg(long, global = true, env = "FLOWHOST_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Folder of plugin components (*.wasm)
+    #[arg(long, global = true, env = "FLOWHOST_PLUGINS_DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// Folder of flow definitions (*.yaml)
+    #[arg(long, global = true, env = "FLOWHOST_FLOWS_DIR")]
+    flows_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API
+    Serve,
+    /// Run one flow and print its result as JSON; exits 0 when it completed
+    Run {
+        /// The flow's name
+        flow: String,
+        /// The inputs, as a JSON object, or @FILE to read them from a file
+        #[arg(long, short, default_value = "{}")]
+        input: String,
+    },
+    /// List the plugins found in the plugins folder, and the files skipped
+    Plugins,
+    /// Flow definitions
+    Flows {
+        #[command(subcommand)]
+        command: FlowsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlowsCommand {
+    /// Check every flow file against the loaded plugins; exits 1 on errors
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen.clone(),
+        redis_url: cli.redis_url.clone(),
+        plugins_dir: cli.plugins_dir.clone(),
+        flows_dir: cli.flows_dir.clone(),
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flowhost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flowhost: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flowhost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => {
+            let listen = config.listen.clone();
+            let app = App::build(config).await?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(address = %listener.local_addr()?, "flowhost serving");
+            flowhost::serve(listener, app, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { flow, input } => {
+            let text = match input.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read inputs from {path}"))?,
+                None => input,
+            };
+            let inputs: Map<String, Value> = match serde_json::from_str(&text) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("flowhost: --input must be a JSON object: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let app = App::build(config).await?;
+            let Some(def) = app.flows.get(&flow).cloned() else {
+                let known: Vec<&str> = app.flows.flows().map(|f| f.name.as_str()).collect();
+                eprintln!("flowhost: no flow named `{flow}`; loaded flows: [{}]", known.join(", "));
+                return Ok(ExitCode::from(2));
+            };
+            let state = match app.runner.execute(def, inputs, FlowContext::new()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("flowhost: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&state)?);
+            Ok(if state.status == FlowStatus::Completed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Plugins => {
+            let plugins = App::load_plugins(&config).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "plugins folder: {}", config.plugins_dir.display())?;
+            for p in plugins.plugins() {
+                let m = &p.meta;
+                writeln!(
+                    out,
+                    "  loaded   {:<20} {:<8} {}  {}",
+                    m.name,
+                    m.version,
+                    &m.hash[..12],
+                    m.description
+                )?;
+            }
+            for s in plugins.skipped() {
+                writeln!(out, "  skipped  {}: {}", s.path.display(), s.reason)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flows {
+            command: FlowsCommand::Validate,
+        } => {
+            let plugins = App::load_plugins(&config).await?;
+            let catalog = App::load_flows(&config, &plugins);
+            for f in catalog.flows() {
+                println!("ok     {} ({} steps) {}", f.name, f.steps.len(), f.file.display());
+            }
+            for e in catalog.errors() {
+                println!("error  {e}");
+            }
+            Ok(if catalog.errors().is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,144 @@
+//! Every Prometheus metric flowhost exports, named in this one place.
+//!
+//! Labels are bounded: flow, step and plugin names come from the loaded
+//! definitions, outcomes from fixed sets; never a flow id or an error text.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowOutcome {
+    pub flow: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabel {
+    pub flow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepOutcome {
+    pub flow: String,
+    pub step: String,
+    pub plugin: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub flow: String,
+    pub step: String,
+    pub plugin: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 50 µs to about 7 minutes.
+    Histogram::new(exponential_buckets(0.00005, 2.5, 18))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub flow_runs: Family<FlowOutcome, Counter>,
+    pub flow_duration: HistogramFamily<FlowLabel>,
+    pub step_runs: Family<StepOutcome, Counter>,
+    pub step_duration: HistogramFamily<StepLabel>,
+    pub flows_in_flight: Gauge,
+    pub plugins_loaded: Gauge,
+    pub plugins_skipped: Gauge,
+    pub state_write_errors: Counter,
+    pub degraded: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let flow_runs = Family::<FlowOutcome, Counter>::default();
+        registry.register(
+            "flowhost_flow_runs",
+            "Flow runs finished, by flow and outcome (completed, failed, cancelled, paused)",
+            flow_runs.clone(),
+        );
+        let flow_duration = HistogramFamily::<FlowLabel>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "flowhost_flow_duration_seconds",
+            "Wall time of finished flow runs, by flow",
+            flow_duration.clone(),
+        );
+        let step_runs = Family::<StepOutcome, Counter>::default();
+        registry.register(
+            "flowhost_step_runs",
+            "Step attempts finished, by flow, step, plugin and outcome (completed, failed)",
+            step_runs.clone(),
+        );
+        let step_duration = HistogramFamily::<StepLabel>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "flowhost_step_duration_seconds",
+            "Wall time of step attempts, plugin call included, by flow, step and plugin",
+            step_duration.clone(),
+        );
+        let flows_in_flight = Gauge::default();
+        registry.register(
+            "flowhost_flows_in_flight",
+            "Flow runs executing in this host now",
+            flows_in_flight.clone(),
+        );
+        let plugins_loaded = Gauge::default();
+        registry.register(
+            "flowhost_plugins_loaded",
+            "Plugins loaded from the plugins folder",
+            plugins_loaded.clone(),
+        );
+        let plugins_skipped = Gauge::default();
+        registry.register(
+            "flowhost_plugins_skipped",
+            "Files in the plugins folder that were not loaded (see GET /api/v1/plugins)",
+            plugins_skipped.clone(),
+        );
+        let state_write_errors = Counter::default();
+        registry.register(
+            "flowhost_state_write_errors",
+            "State writes that failed; the flow went on without them",
+            state_write_errors.clone(),
+        );
+        let degraded = Gauge::default();
+        registry.register(
+            "flowhost_degraded",
+            "1 while Redis is configured but unreachable and new flows run on memory",
+            degraded.clone(),
+        );
+        Metrics {
+            registry,
+            flow_runs,
+            flow_duration,
+            step_runs,
+            step_duration,
+            flows_in_flight,
+            plugins_loaded,
+            plugins_skipped,
+            state_write_errors,
+            degraded,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,227 @@
+//! The store `main` chooses: Redis when it is configured and reachable, memory
+//! otherwise. A monitor task pings Redis and reconnects without a restart;
+//! while Redis is away, new flows run on memory (loudly) and stay there.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{
+    FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, MemoryStore, RedisStore,
+    RedisStoreConfig, StateStore, StoreError,
+};
+
+/// What `/healthz` reports about Redis.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "redis", rename_all = "snake_case")]
+pub enum RedisHealth {
+    NotConfigured,
+    Connected,
+    Unreachable {
+        since: DateTime<Utc>,
+        last_error: String,
+    },
+}
+
+pub struct FallbackStore {
+    memory: MemoryStore,
+    config: Option<RedisStoreConfig>,
+    /// The live connection, when there is one; `None` while Redis is away.
+    redis: RwLock<Option<RedisStore>>,
+    health: RwLock<RedisHealth>,
+}
+
+impl FallbackStore {
+    /// Memory only: no Redis configured.
+    pub fn memory() -> Arc<Self> {
+        Arc::new(FallbackStore {
+            memory: MemoryStore::new(),
+            config: None,
+            redis: RwLock::new(None),
+            health: RwLock::new(RedisHealth::NotConfigured),
+        })
+    }
+
+    /// Redis, tried once now; when it cannot be reached the store starts on
+    /// memory and `monitor` keeps trying.
+    pub async fn redis(config: RedisStoreConfig) -> Arc<Self> {
+        let store = Arc::new(FallbackStore {
+            memory: MemoryStore::new(),
+            config: Some(config),
+            redis: RwLock::new(None),
+            health: RwLock::new(RedisHealth::NotConfigured),
+        });
+        store.check().await;
+        store
+    }
+
+    pub fn health(&self) -> RedisHealth {
+        self.health.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// True when Redis is configured but not in use.
+    pub fn is_degraded(&self) -> bool {
+        matches!(self.health(), RedisHealth::Unreachable { .. })
+    }
+
+    /// Pings Redis (connecting first if needed) every `interval` until the
+    /// shutdown future resolves.
+    pub async fn monitor(self: Arc<Self>, interval: Duration) {
+        if self.config.is_none() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(interval).await;
+            self.check().await;
+        }
+    }
+
+    /// One health check: connect or ping, and record the outcome.
+    pub async fn check(&self) {
+        let Some(config) = &self.config else { return };
+        let current = self.current();
+        let result = match &current {
+            Some(redis) => redis.ping().await.map(|()| None),
+            None => RedisStore::connect(config).await.map(Some),
+        };
+        match result {
+            Ok(fresh) => {
+                if let Some(fresh) = fresh {
+                    *self.redis.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+                }
+                self.set_health(RedisHealth::Connected);
+            }
+            Err(e) => self.mark_unreachable(&e),
+        }
+    }
+
+    fn current(&self) -> Option<RedisStore> {
+        self.redis.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The Redis store, when it is healthy enough to take new flows.
+    fn healthy(&self) -> Option<RedisStore> {
+        matches!(self.health(), RedisHealth::Connected)
+            .then(|| self.current())
+            .flatten()
+    }
+
+    fn set_health(&self, health: RedisHealth) {
+        let mut slot = self.health.write().unwrap_or_else(|e| e.into_inner());
+        if *slot != RedisHealth::Connected && health == RedisHealth::Connected {
+            tracing::info!("redis reachable: new flows are persisted in redis");
+        }
+        *slot = health;
+    }
+
+    fn mark_unreachable(&self, error: &StoreError) {
+        let mut slot = self.health.write().unwrap_or_else(|e| e.into_inner());
+        match &mut *slot {
+            RedisHealth::Unreachable { last_error, .. } => *last_error = error.to_string(),
+            other => {
+                tracing::error!(
+                    error = %error,
+                    "redis unreachable: running DEGRADED, new flows are kept in memory only \
+                     and will not survive a restart; reconnecting in the background"
+                );
+                *other = RedisHealth::Unreachable {
+                    since: Utc::now(),
+                    last_error: error.to_string(),
+                };
+            }
+        }
+    }
+
+    /// The store holding an existing flow: memory if it started there.
+    fn owner(&self, id: FlowId) -> Result<Owner, StoreError> {
+        if self.memory.contains(id) {
+            return Ok(Owner::Memory);
+        }
+        match self.current() {
+            Some(redis) => Ok(Owner::Redis(redis)),
+            None if self.config.is_none() => Ok(Owner::Memory),
+            None => Err(StoreError::Unavailable("redis not connected".into())),
+        }
+    }
+}
+
+enum Owner {
+    Memory,
+    Redis(RedisStore),
+}
+
+#[async_trait]
+impl StateStore for FallbackStore {
+    async fn create_flow(&self, flow: &FlowState) -> Result<(), StoreError> {
+        if let Some(redis) = self.healthy() {
+            match redis.create_flow(flow).await {
+                Err(e @ StoreError::Unavailable(_)) => self.mark_unreachable(&e),
+                other => return other,
+            }
+        }
+        self.memory.create_flow(flow).await
+    }
+
+    async fn save_step(
+        &self,
+        id: FlowId,
+        step: &FlowStepState,
+        patch: &FlowPatch,
+    ) -> Result<(), StoreError> {
+        match self.owner(id)? {
+            Owner::Memory => self.memory.save_step(id, step, patch).await,
+            Owner::Redis(r) => r.save_step(id, step, patch).await,
+        }
+    }
+
+    async fn update_flow(&self, id: FlowId, patch: &FlowPatch) -> Result<(), StoreError> {
+        match self.owner(id)? {
+            Owner::Memory => self.memory.update_flow(id, patch).await,
+            Owner::Redis(r) => r.update_flow(id, patch).await,
+        }
+    }
+
+    async fn get_flow(&self, id: FlowId) -> Result<Option<FlowState>, StoreError> {
+        if let Some(flow) = self.memory.get_flow(id).await? {
+            return Ok(Some(flow));
+        }
+        match (self.current(), &self.config) {
+            (Some(redis), _) => redis.get_flow(id).await,
+            (None, None) => Ok(None),
+            (None, Some(_)) => {
+                let health = self.health();
+                let reason = match health {
+                    RedisHealth::Unreachable { last_error, .. } => last_error,
+                    _ => "not connected".into(),
+                };
+                Err(StoreError::Unavailable(
+                    format!("redis unreachable: {reason}").into(),
+                ))
+            }
+        }
+    }
+
+    async fn list_flows(&self, filter: &ListFilter) -> Result<Vec<FlowSummary>, StoreError> {
+        let mut out = self.memory.list_flows(filter).await?;
+        if let Some(redis) = self.current() {
+            out.extend(redis.list_flows(filter).await?);
+            out.sort_by(|a, b| (b.started_at, b.flow_id).cmp(&(a.started_at, a.flow_id)));
+            out.truncate(filter.limit);
+        }
+        Ok(out)
+    }
+
+    async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError> {
+        match self.owner(id)? {
+            Owner::Memory => self.memory.delete_flow(id).await,
+            Owner::Redis(r) => r.delete_flow(id).await,
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        if self.healthy().is_some() { "redis" } else { "memory" }
+    }
+}

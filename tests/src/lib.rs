@@ -1,0 +1,223 @@
+//! Test harness: a real `redis-server` on a free port in a temp dir, the real
+//! `flowhost` binary on a free port, and folders of real compiled plugins.
+//! Every process is killed when its handle drops.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// A compiled plugin by file name: the real executors in `plugins/dist`, the
+/// test plugins in `plugins/testing/dist`. Both come from `plugins/build.sh`.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let root = repo_root();
+    for dir in ["plugins/dist", "plugins/testing/dist"] {
+        let p = root.join(dir).join(format!("{name}.wasm"));
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("plugin {name}.wasm not built: run plugins/build.sh (scripts/test.sh does)");
+}
+
+/// The real executors shipped in `plugins/dist`.
+pub const EXECUTORS: [&str; 4] = ["text-normalize", "text-stats", "keywords", "summarize"];
+
+/// A fresh plugins folder holding copies of the named plugins.
+pub fn plugins_dir(names: &[&str]) -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in names {
+        std::fs::copy(plugin_wasm(name), dir.path().join(format!("{name}.wasm")))
+            .expect("copy plugin");
+    }
+    dir
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} not ready after {timeout:?}")
+}
+
+/// A `redis-server` of its own, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Result<RedisServer> {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Result<RedisServer> {
+        let dir = tempfile::tempdir()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server: install it (scripts/test.sh does)")?;
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        let url = server.url();
+        wait_until("redis-server", Duration::from_secs(10), || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        })?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connection")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `flowhost` binary built by `cargo test --workspace`, or `$FLOWHOST_BIN`.
+pub fn flowhost_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOWHOST_BIN") {
+        return p.into();
+    }
+    // Test executables live in target/<profile>/deps; the binary one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(format!("flowhost{}", std::env::consts::EXE_SUFFIX)))
+        .expect("target dir");
+    assert!(
+        bin.is_file(),
+        "{} not found: run the tests with `cargo test --workspace` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `flowhost` command with a clean environment: only what the test sets.
+pub fn flowhost_command() -> Command {
+    let mut cmd = Command::new(flowhost_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FLOWHOST_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(repo_root()).env("RUST_LOG", "info");
+    cmd
+}
+
+/// A running `flowhost serve`, killed on drop; its log is kept in a file.
+pub struct Host {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+    _log_dir: TempDir,
+}
+
+impl Host {
+    /// Starts `flowhost serve` with `env` on a free port and waits for
+    /// `/healthz`.
+    pub fn start(env: &[(&str, &str)]) -> Result<Host> {
+        let port = free_port();
+        let log_dir = tempfile::tempdir()?;
+        let log = log_dir.path().join("flowhost.log");
+        let mut cmd = flowhost_command();
+        cmd.arg("serve")
+            .env("FLOWHOST_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("spawn flowhost")?;
+        let mut host = Host {
+            child,
+            port,
+            log,
+            _log_dir: log_dir,
+        };
+        let url = host.url("/healthz");
+        let ready = wait_until("flowhost", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if let Err(e) = ready {
+            let log = host.log();
+            host.kill();
+            bail!("{e} ({url}); log:\n{log}");
+        }
+        Ok(host)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A sample document for the example flows.
+pub const DOCUMENT: &str = "WebAssembly runs sandboxed code at near native speed.  \
+Flowhost runs WebAssembly plugins as the steps of a flow. Every step of a flow \
+is recorded in Redis, so a flow survives a crash.\n\nPlugins are sandboxed: a \
+plugin gets no files, no network and no environment.";
