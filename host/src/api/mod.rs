@@ -22,7 +22,7 @@ pub use error::ApiError;
 use crate::app::App;
 use crate::flow::FlowDefinition;
 use crate::runner::FlowContext;
-use crate::state::{FlowId, FlowState, RedisHealth};
+use crate::state::{FlowId, FlowState, RedisHealth, StateStore};
 
 type AppState = State<Arc<App>>;
 
@@ -217,7 +217,7 @@ async fn healthz(State(app): AppState) -> Json<Value> {
     let degraded = matches!(redis, RedisHealth::Unreachable { .. });
     Json(json!({
         "status": if degraded { "degraded" } else { "ok" },
-        "state_store": crate::state::StateStore::backend(app.store.as_ref()),
+        "state_store": app.store.backend(),
         "redis": redis,
         "plugins": { "loaded": app.plugins.plugins().count(), "skipped": app.plugins.skipped().len() },
         "flows": app.flows.flows().count(),

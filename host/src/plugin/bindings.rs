@@ -8,8 +8,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use flowhost::executor::host::{Host, LogLevel};
-pub use flowhost::executor::types::{PluginInfo, StepError, StepRequest};
+pub use self::flowhost::executor::host::{Host, LogLevel};
+pub use self::flowhost::executor::types::Host as TypesHost;
 
 /// The contract version a plugin was built against; part of every cache key.
 pub const CONTRACT_VERSION: &str = "flowhost:executor@0.1.0";

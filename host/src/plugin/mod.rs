@@ -390,7 +390,6 @@ fn classify_trap(e: &wasmtime::Error, timeout: Duration) -> PluginError {
 fn engine_config(limits: &Limits, pooling: bool) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
-    config.async_support(true);
     config.epoch_interruption(true);
     if pooling {
         let instances = limits.max_instances.max(1);

@@ -6,7 +6,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{Host, LogLevel};
+use super::bindings::{Host, LogLevel, TypesHost};
 
 /// A log line longer than this is cut: plugins cannot flood the host's log.
 const MAX_LOG_LINE: usize = 4096;
@@ -49,6 +49,8 @@ impl WasiView for StepCtx {
         }
     }
 }
+
+impl TypesHost for StepCtx {}
 
 impl Host for StepCtx {
     fn log(&mut self, level: LogLevel, message: String) {

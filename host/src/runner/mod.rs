@@ -6,7 +6,7 @@
 //! before its plugin is called, and as completed or failed after; each write
 //! carries that one step only. The runner names no Redis key and no HTTP type.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -194,7 +194,7 @@ impl FlowRunner {
     async fn run_steps(&self, def: &Arc<FlowDefinition>, state: &mut FlowState) {
         let inputs = state.inputs.as_object().cloned().unwrap_or_default();
         let mut outputs: HashMap<String, Value> = HashMap::new();
-        let mut done: HashSet<String> = HashSet::new();
+        let mut done: BTreeSet<String> = BTreeSet::new();
         let mut launched: HashSet<String> = HashSet::new();
         let mut running = JoinSet::new();
         loop {
