@@ -144,7 +144,9 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(p) => Self::from_file(p)?,
-            None if Path::new("config.yaml").is_file() => Self::from_file(Path::new("config.yaml"))?,
+            None if Path::new("config.yaml").is_file() => {
+                Self::from_file(Path::new("config.yaml"))?
+            }
             None => Config::default(),
         };
         if let Some(v) = &overrides.listen {
@@ -187,7 +189,8 @@ impl Config {
             return invalid(format!("listen {:?} is not an address:port", self.listen));
         }
         let url = self.redis.url.trim();
-        if !url.is_empty() && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+        let schemes = ["redis://", "rediss://", "unix://"];
+        if !url.is_empty() && !schemes.iter().any(|s| url.starts_with(s)) {
             return invalid(format!(
                 "redis.url {url:?} must start with redis://, rediss:// or unix:// (or be empty for memory)"
             ));
@@ -196,7 +199,9 @@ impl Config {
             return invalid("redis.key_prefix must not contain { or }".into());
         }
         if self.limits.step_timeout_ms == 0 || self.limits.max_instances == 0 {
-            return invalid("limits.step_timeout_ms and limits.max_instances must be above 0".into());
+            return invalid(
+                "limits.step_timeout_ms and limits.max_instances must be above 0".into(),
+            );
         }
         Ok(())
     }
@@ -239,6 +244,9 @@ mod tests {
             ..Overrides::default()
         };
         let err = Config::load(Some(Path::new("../config.yaml")), &bad).unwrap_err();
-        assert!(err.to_string().contains("must start with redis://"), "{err}");
+        assert!(
+            err.to_string().contains("must start with redis://"),
+            "{err}"
+        );
     }
 }

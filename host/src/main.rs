@@ -14,7 +14,11 @@ use flowhost::state::FlowStatus;
 use serde_json::{Map, Value};
 
 #[derive(Parser)]
-#[command(name = "flowhost", version, about = "Runs flows of sandboxed WebAssembly steps")]
+#[command(
+    name = "flowhost",
+    version,
+    about = "Runs flows of sandboxed WebAssembly steps"
+)]
 struct Cli {
     /// Configuration file [default: ./config.yaml when present]
     #[arg(long, global = true, env = "FLOWHOST_CONFIG")]
@@ -122,7 +126,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let app = App::build(config).await?;
             let Some(def) = app.flows.get(&flow).cloned() else {
                 let known: Vec<&str> = app.flows.flows().map(|f| f.name.as_str()).collect();
-                eprintln!("flowhost: no flow named `{flow}`; loaded flows: [{}]", known.join(", "));
+                eprintln!(
+                    "flowhost: no flow named `{flow}`; loaded flows: [{}]",
+                    known.join(", ")
+                );
                 return Ok(ExitCode::from(2));
             };
             let state = match app.runner.execute(def, inputs, FlowContext::new()).await {
@@ -165,7 +172,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let plugins = App::load_plugins(&config).await?;
             let catalog = App::load_flows(&config, &plugins);
             for f in catalog.flows() {
-                println!("ok     {} ({} steps) {}", f.name, f.steps.len(), f.file.display());
+                println!(
+                    "ok     {} ({} steps) {}",
+                    f.name,
+                    f.steps.len(),
+                    f.file.display()
+                );
             }
             for e in catalog.errors() {
                 println!("error  {e}");

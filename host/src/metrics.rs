@@ -72,7 +72,9 @@ impl Metrics {
             "Flow runs finished, by flow and outcome (completed, failed, cancelled, paused)",
             flow_runs.clone(),
         );
-        let flow_duration = HistogramFamily::<FlowLabel>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let flow_duration = HistogramFamily::<FlowLabel>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
         registry.register(
             "flowhost_flow_duration_seconds",
             "Wall time of finished flow runs, by flow",
@@ -84,7 +86,9 @@ impl Metrics {
             "Step attempts finished, by flow, step, plugin and outcome (completed, failed)",
             step_runs.clone(),
         );
-        let step_duration = HistogramFamily::<StepLabel>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let step_duration = HistogramFamily::<StepLabel>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
         registry.register(
             "flowhost_step_duration_seconds",
             "Wall time of step attempts, plugin call included, by flow, step and plugin",

@@ -50,7 +50,10 @@ async fn main() -> anyhow::Result<()> {
         host.execute(&plugin, &call).await?;
         samples.push(t.elapsed());
     }
-    println!("one step (fresh instance + call, echo)   {}", percentiles(samples));
+    println!(
+        "one step (fresh instance + call, echo)   {}",
+        percentiles(samples)
+    );
 
     // A three-step flow over HTTP, state in Redis.
     let redis = RedisServer::start()?;
@@ -66,12 +69,19 @@ async fn main() -> anyhow::Result<()> {
         plugins_dir: Some(plugins.path().to_owned()),
         flows_dir: Some(flows.path().to_owned()),
     };
-    let mut config = Config::load(Some(&flowhost_tests::repo_root().join("config.yaml")), &overrides)?;
+    let mut config = Config::load(
+        Some(&flowhost_tests::repo_root().join("config.yaml")),
+        &overrides,
+    )?;
     config.log.filter = "warn".into();
     let app = flowhost::App::build(config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(flowhost::serve(listener, Arc::clone(&app), std::future::pending()));
+    tokio::spawn(flowhost::serve(
+        listener,
+        Arc::clone(&app),
+        std::future::pending(),
+    ));
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/api/v1/three/execute");
     let body = json!({"inputs": {"text": "hello"}}).to_string();
@@ -85,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
         }
         anyhow::ensure!(run["status"] == "completed", "{run}");
     }
-    println!("three-step flow over HTTP, Redis state   {}", percentiles(samples));
+    println!(
+        "three-step flow over HTTP, Redis state   {}",
+        percentiles(samples)
+    );
     Ok(())
 }

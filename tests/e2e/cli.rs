@@ -14,11 +14,19 @@ fn run_prints_the_result_and_exits_0_on_success() {
         .env("FLOWHOST_PLUGINS_DIR", plugins.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["status"], "completed");
     assert_eq!(result["steps"].as_object().unwrap().len(), 4);
-    assert!(result["outputs"]["summary"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(
+        result["outputs"]["summary"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
 }
 
 #[test]
@@ -43,11 +51,17 @@ fn run_exits_1_when_the_flow_fails_and_2_on_bad_usage() {
     assert_eq!(out.status.code(), Some(1));
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["status"], "failed");
-    assert!(result["error"].as_str().unwrap().contains("invalid input"), "{result}");
+    assert!(
+        result["error"].as_str().unwrap().contains("invalid input"),
+        "{result}"
+    );
 
     let out = run(&["run", "nope"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no flow named `nope`; loaded flows: [bad_config]"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no flow named `nope`; loaded flows: [bad_config]")
+    );
     let out = run(&["run", "bad_config", "--input", "[1]"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--input must be a JSON object"));
@@ -66,16 +80,37 @@ fn flows_validate_names_the_file_and_step_of_each_problem() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{stdout}");
-    assert!(stdout.contains("ok     document_analysis (4 steps)"), "{stdout}");
+    assert!(
+        stdout.contains("ok     document_analysis (4 steps)"),
+        "{stdout}"
+    );
 
     let flows = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| std::fs::write(flows.path().join(name), text).unwrap();
-    write("unknown_plugin.yaml", "name: a\nsteps:\n  - name: s\n    plugin: ocr\n");
-    write("missing_ref.yaml", "name: b\nsteps:\n  - name: s\n    plugin: keywords\n    input: {text: '${steps.gone.output.text}'}\n");
-    write("duplicate.yaml", "name: c\nsteps:\n  - name: s\n    plugin: keywords\n  - name: s\n    plugin: keywords\n");
-    write("cycle.yaml", "name: d\nsteps:\n  - name: x\n    plugin: keywords\n    depends_on: [y]\n  - name: y\n    plugin: keywords\n    depends_on: [x]\n");
-    write("missing_input.yaml", "name: e\nsteps:\n  - name: s\n    plugin: keywords\n    input: {text: '${inputs.body}'}\n");
-    write("good.yaml", "name: f\nsteps:\n  - name: s\n    plugin: keywords\n");
+    write(
+        "unknown_plugin.yaml",
+        "name: a\nsteps:\n  - name: s\n    plugin: ocr\n",
+    );
+    write(
+        "missing_ref.yaml",
+        "name: b\nsteps:\n  - name: s\n    plugin: keywords\n    input: {text: '${steps.gone.output.text}'}\n",
+    );
+    write(
+        "duplicate.yaml",
+        "name: c\nsteps:\n  - name: s\n    plugin: keywords\n  - name: s\n    plugin: keywords\n",
+    );
+    write(
+        "cycle.yaml",
+        "name: d\nsteps:\n  - name: x\n    plugin: keywords\n    depends_on: [y]\n  - name: y\n    plugin: keywords\n    depends_on: [x]\n",
+    );
+    write(
+        "missing_input.yaml",
+        "name: e\nsteps:\n  - name: s\n    plugin: keywords\n    input: {text: '${inputs.body}'}\n",
+    );
+    write(
+        "good.yaml",
+        "name: f\nsteps:\n  - name: s\n    plugin: keywords\n",
+    );
     let out = flowhost_command()
         .args(["flows", "validate"])
         .env("FLOWHOST_PLUGINS_DIR", plugins.path())
@@ -87,11 +122,17 @@ fn flows_validate_names_the_file_and_step_of_each_problem() {
     let dir = flows.path().display();
     for line in [
         format!("ok     f (1 steps) {dir}/good.yaml"),
-        format!("error  {dir}/unknown_plugin.yaml: step `s`: unknown plugin `ocr`: no ocr.wasm in the plugins folder"),
-        format!("error  {dir}/missing_ref.yaml: step `s`: input refers to ${{steps.gone.output.text}}, but there is no step `gone`"),
+        format!(
+            "error  {dir}/unknown_plugin.yaml: step `s`: unknown plugin `ocr`: no ocr.wasm in the plugins folder"
+        ),
+        format!(
+            "error  {dir}/missing_ref.yaml: step `s`: input refers to ${{steps.gone.output.text}}, but there is no step `gone`"
+        ),
         format!("error  {dir}/duplicate.yaml: step `s`: duplicate step name"),
         format!("error  {dir}/cycle.yaml: step `x`: steps form a cycle: x → y → x"),
-        format!("error  {dir}/missing_input.yaml: step `s`: input refers to ${{inputs.body}}, but the flow declares no input `body`"),
+        format!(
+            "error  {dir}/missing_input.yaml: step `s`: input refers to ${{inputs.body}}, but the flow declares no input `body`"
+        ),
     ] {
         assert!(stdout.contains(&line), "missing {line:?} in:\n{stdout}");
     }
@@ -103,7 +144,9 @@ fn flags_override_the_environment_which_overrides_the_file() {
     std::fs::write(config.path(), "plugins_dir: /nonexistent/from-file\n").unwrap();
     let listing = |extra: &[&str], env_dir: Option<&str>| {
         let mut cmd = flowhost_command();
-        cmd.env("FLOWHOST_CONFIG", config.path()).arg("plugins").args(extra);
+        cmd.env("FLOWHOST_CONFIG", config.path())
+            .arg("plugins")
+            .args(extra);
         if let Some(d) = env_dir {
             cmd.env("FLOWHOST_PLUGINS_DIR", d);
         }
@@ -111,7 +154,10 @@ fn flags_override_the_environment_which_overrides_the_file() {
     };
     assert!(listing(&[], None).contains("plugins folder: /nonexistent/from-file"));
     assert!(listing(&[], Some("/from/env")).contains("plugins folder: /from/env"));
-    assert!(listing(&["--plugins-dir", "/from/flag"], Some("/from/env")).contains("plugins folder: /from/flag"));
+    assert!(
+        listing(&["--plugins-dir", "/from/flag"], Some("/from/env"))
+            .contains("plugins folder: /from/flag")
+    );
 
     let out = flowhost_command()
         .args(["plugins"])
@@ -119,5 +165,8 @@ fn flags_override_the_environment_which_overrides_the_file() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("redis.url \"localhost:6379\" must start with redis://"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("redis.url \"localhost:6379\" must start with redis://")
+    );
 }

@@ -47,8 +47,8 @@ async fn document_analysis_runs_over_http_and_every_step_is_in_redis() {
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["metadata"]["state_store"], "redis");
     let outputs = &run["outputs"];
-    assert_eq!(outputs["statistics"]["sentences"], 5, "{outputs}");
-    assert_eq!(outputs["statistics"]["paragraphs"], 2, "{outputs}");
+    assert_eq!(outputs["statistics"]["sentences"], 4, "{outputs}");
+    assert_eq!(outputs["statistics"]["words"], 46, "{outputs}");
     let keywords: Vec<&str> = outputs["keywords"]
         .as_array()
         .unwrap()
@@ -58,9 +58,15 @@ async fn document_analysis_runs_over_http_and_every_step_is_in_redis() {
     assert!(keywords.contains(&"flow"), "{keywords:?}");
     assert!(keywords.contains(&"webassembly"), "{keywords:?}");
     let summary = outputs["summary"].as_str().unwrap();
-    assert!(!summary.is_empty() && summary.len() < DOCUMENT.len(), "{summary}");
+    assert!(
+        !summary.is_empty() && summary.len() < DOCUMENT.len(),
+        "{summary}"
+    );
     let steps = run["steps"].as_array().unwrap();
-    let names: Vec<&str> = steps.iter().map(|s| s["step_name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = steps
+        .iter()
+        .map(|s| s["step_name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["normalize", "stats", "keywords", "summary"]);
     for s in steps {
         assert_eq!(s["status"], "completed", "{s}");
@@ -81,8 +87,10 @@ async fn document_analysis_runs_over_http_and_every_step_is_in_redis() {
     for (name, raw) in &stored_steps {
         let s: Value = serde_json::from_str(raw).unwrap();
         assert_eq!(s["status"], "completed", "{name}: {s}");
-        let started = chrono::DateTime::parse_from_rfc3339(s["started_at"].as_str().unwrap()).unwrap();
-        let completed = chrono::DateTime::parse_from_rfc3339(s["completed_at"].as_str().unwrap()).unwrap();
+        let started =
+            chrono::DateTime::parse_from_rfc3339(s["started_at"].as_str().unwrap()).unwrap();
+        let completed =
+            chrono::DateTime::parse_from_rfc3339(s["completed_at"].as_str().unwrap()).unwrap();
         assert!(completed >= started);
         assert!(s["execution_time"].as_f64().unwrap() > 0.0);
         assert!(s["inputs"].is_object() && s["outputs"].is_object(), "{s}");
@@ -96,18 +104,31 @@ async fn document_analysis_runs_over_http_and_every_step_is_in_redis() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(shown["status"], "completed");
     assert_eq!(shown["outputs"], *outputs);
-    assert_eq!(shown["steps"][0]["outputs"]["text"].as_str().unwrap().len() > 10, true);
+    assert_eq!(
+        shown["steps"][0]["outputs"]["text"].as_str().unwrap().len(),
+        260
+    );
+    assert_eq!(shown["steps"][0]["inputs"]["text"], DOCUMENT);
 
     // /metrics counts the run and its steps.
-    let metrics = reqwest::get(host.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(host.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.contains(r#"flowhost_flow_runs_total{flow="document_analysis",outcome="completed"} 1"#),
+        metrics.contains(
+            r#"flowhost_flow_runs_total{flow="document_analysis",outcome="completed"} 1"#
+        ),
         "{metrics}"
     );
     assert!(metrics.contains(
         r#"flowhost_step_runs_total{flow="document_analysis",step="keywords",plugin="keywords",outcome="completed"} 1"#
     ));
-    assert!(metrics.contains(r#"flowhost_flow_duration_seconds_count{flow="document_analysis"} 1"#));
+    assert!(
+        metrics.contains(r#"flowhost_flow_duration_seconds_count{flow="document_analysis"} 1"#)
+    );
     assert!(metrics.contains(r#"flowhost_degraded 0"#));
 
     // The second example flow, and the listings.
@@ -117,9 +138,17 @@ async fn document_analysis_runs_over_http_and_every_step_is_in_redis() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{run}");
-    assert_eq!(run["outputs"]["keywords"][0], json!({"word": "rust", "count": 3, "score": 0.5}));
+    assert_eq!(
+        run["outputs"]["keywords"][0],
+        json!({"word": "rust", "count": 3, "score": 0.5})
+    );
     let (_, flows) = get(&host.url("/api/v1/flows")).await;
-    let names: Vec<&str> = flows["flows"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["document_analysis", "keyword_extraction"]);
     let (_, plugins_listed) = get(&host.url("/api/v1/plugins")).await;
     assert_eq!(plugins_listed["plugins"].as_array().unwrap().len(), 4);
@@ -143,11 +172,23 @@ async fn bad_requests_get_a_4xx_that_says_what_to_fix() {
 
     let (status, body) = post(&execute, r#"{"inputs": {"text": "unterminated}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().unwrap().contains("EOF while parsing"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("EOF while parsing"),
+        "{body}"
+    );
 
     let (status, body) = post(&execute, r#"{"text": "no wrapper"}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().unwrap().contains(r#"send a JSON object such as {"inputs""#), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(r#"send a JSON object such as {"inputs""#),
+        "{body}"
+    );
 
     let (status, body) = post(&execute, r#"{"inputs": {}}"#).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -171,7 +212,10 @@ async fn bad_requests_get_a_4xx_that_says_what_to_fix() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, body) = get(&host.url("/api/v1/nothing/here/at/all")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body["error"], "no route for GET /api/v1/nothing/here/at/all");
+    assert_eq!(
+        body["error"],
+        "no route for GET /api/v1/nothing/here/at/all"
+    );
 
     // Nothing of that hurt the host: a good request still completes, and
     // without Redis configured it ran on memory.
@@ -230,7 +274,10 @@ async fn a_failing_plugin_fails_its_flow_not_the_request() {
             _ => "returned output that is not JSON",
         };
         let error = run["error"].as_str().unwrap();
-        assert!(error.starts_with("step `boom` failed: ") && error.contains(want), "{mode}: {error}");
+        assert!(
+            error.starts_with("step `boom` failed: ") && error.contains(want),
+            "{mode}: {error}"
+        );
         assert_eq!(run["steps"][0]["status"], "completed");
         assert_eq!(run["steps"][1]["status"], "failed");
         // The step after the failure never started.
@@ -265,14 +312,22 @@ async fn an_unreachable_redis_degrades_loudly_then_reconnects() {
         ("FLOWHOST_REDIS_URL", &url),
         ("FLOWHOST_PLUGINS_DIR", plugins.path().to_str().unwrap()),
         ("FLOWHOST_FLOWS_DIR", flows_dir.to_str().unwrap()),
-        ("FLOWHOST_CONFIG", repo_root().join("config.yaml").to_str().unwrap()),
+        (
+            "FLOWHOST_CONFIG",
+            repo_root().join("config.yaml").to_str().unwrap(),
+        ),
     ])
     .unwrap();
     let (_, health) = get(&host.url("/healthz")).await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["redis"]["redis"], "unreachable");
     assert!(host.log().contains("running DEGRADED"), "{}", host.log());
-    let metrics = reqwest::get(host.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(host.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("flowhost_degraded 1"));
 
     let execute = host.url("/api/v1/keyword_extraction/execute");
@@ -299,10 +354,15 @@ async fn an_unreachable_redis_degrades_loudly_then_reconnects() {
     assert_eq!(run["metadata"]["state_store"], "redis");
     let id = run["flow_id"].as_str().unwrap();
     let mut conn = redis.connection();
-    let status: String = redis::cmd("HGET").arg(format!("fh:flow:{{{id}}}")).arg("status").query(&mut conn).unwrap();
+    let status: String = redis::cmd("HGET")
+        .arg(format!("fh:flow:{{{id}}}"))
+        .arg("status")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(status, "completed");
     // The run kept in memory during the outage is still readable.
-    let (status, shown) = get(&host.url(&format!("/api/v1/keyword_extraction/status/{memory_id}"))).await;
+    let (status, shown) =
+        get(&host.url(&format!("/api/v1/keyword_extraction/status/{memory_id}"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(shown["status"], "completed");
 }

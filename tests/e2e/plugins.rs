@@ -23,7 +23,10 @@ fn mixed_folder() -> tempfile::TempDir {
 fn expected_reasons() -> [(&'static str, &'static str); 4] {
     [
         ("core.wasm", "a core WebAssembly module, not a component"),
-        ("greeter.wasm", "does not implement the flowhost:executor world"),
+        (
+            "greeter.wasm",
+            "does not implement the flowhost:executor world",
+        ),
         ("notes.wasm", "not a WebAssembly file"),
         ("truncated.wasm", "invalid component"),
     ]
@@ -54,19 +57,41 @@ async fn bad_files_are_skipped_with_a_reason_and_the_host_serves() {
     assert_eq!(skipped.len(), 4, "{listing}");
     for ((file, reason), s) in expected_reasons().iter().zip(skipped) {
         assert!(s["path"].as_str().unwrap().ends_with(file), "{s}");
-        assert!(s["reason"].as_str().unwrap().contains(reason), "{file}: {s}");
+        assert!(
+            s["reason"].as_str().unwrap().contains(reason),
+            "{file}: {s}"
+        );
     }
     let log = host.log();
     for (file, _) in expected_reasons() {
-        assert!(log.contains("plugin skipped") && log.contains(file), "{file} not in log:\n{log}");
+        assert!(
+            log.contains("plugin skipped") && log.contains(file),
+            "{file} not in log:\n{log}"
+        );
     }
     // document_analysis needs plugins that are not here: it is left out, and
     // says why; the host keeps serving.
-    let health: Value = reqwest::get(host.url("/healthz")).await.unwrap().json().await.unwrap();
+    let health: Value = reqwest::get(host.url("/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["plugins"]["skipped"], 4);
-    let flows: Value = reqwest::get(host.url("/api/v1/flows")).await.unwrap().json().await.unwrap();
+    let flows: Value = reqwest::get(host.url("/api/v1/flows"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let errors = flows["errors"].as_array().unwrap();
-    assert!(errors.iter().any(|e| e.as_str().unwrap().contains("unknown plugin `text-normalize`")), "{flows}");
+    assert!(
+        errors.iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .contains("unknown plugin `text-normalize`")),
+        "{flows}"
+    );
 }
 
 #[test]
@@ -83,7 +108,9 @@ fn flowhost_plugins_lists_loaded_and_skipped() {
     assert!(stdout.contains("loaded   text-stats"), "{stdout}");
     for (file, reason) in expected_reasons() {
         assert!(
-            stdout.lines().any(|l| l.contains("skipped") && l.contains(file) && l.contains(reason)),
+            stdout
+                .lines()
+                .any(|l| l.contains("skipped") && l.contains(file) && l.contains(reason)),
             "{file}: {stdout}"
         );
     }

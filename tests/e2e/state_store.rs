@@ -70,7 +70,12 @@ async fn contract(store: &dyn StateStore) {
         completed_at: Some(Utc.timestamp_opt(1_700_000_003, 0).unwrap()),
         total_execution_time: Some(3.0),
         outputs: Some(json!({"answer": 42})),
-        metadata: Some(json!({"who": "test", "more": true}).as_object().unwrap().clone()),
+        metadata: Some(
+            json!({"who": "test", "more": true})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ),
         ..FlowPatch::default()
     };
     store.update_flow(a.flow_id, &done).await.unwrap();
@@ -82,30 +87,58 @@ async fn contract(store: &dyn StateStore) {
     let c = flow("alpha", 1, 20);
     store.create_flow(&b).await.unwrap();
     store.create_flow(&c).await.unwrap();
-    let ids = |v: Vec<flowhost::state::FlowSummary>| v.into_iter().map(|s| s.flow_id).collect::<Vec<_>>();
-    let all = ListFilter { limit: 10, ..ListFilter::default() };
-    assert_eq!(ids(store.list_flows(&all).await.unwrap()), vec![c.flow_id, b.flow_id, a.flow_id]);
-    let alpha = ListFilter { flow_name: Some("alpha".into()), limit: 10, ..ListFilter::default() };
-    assert_eq!(ids(store.list_flows(&alpha).await.unwrap()), vec![c.flow_id, a.flow_id]);
-    let running = ListFilter { status: Some(FlowStatus::Running), limit: 10, ..ListFilter::default() };
+    let ids =
+        |v: Vec<flowhost::state::FlowSummary>| v.into_iter().map(|s| s.flow_id).collect::<Vec<_>>();
+    let all = ListFilter {
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_flows(&all).await.unwrap()),
+        vec![c.flow_id, b.flow_id, a.flow_id]
+    );
+    let alpha = ListFilter {
+        flow_name: Some("alpha".into()),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_flows(&alpha).await.unwrap()),
+        vec![c.flow_id, a.flow_id]
+    );
+    let running = ListFilter {
+        status: Some(FlowStatus::Running),
+        limit: 10,
+        ..ListFilter::default()
+    };
     let mut got = ids(store.list_flows(&running).await.unwrap());
     got.sort();
     let mut want = vec![b.flow_id, c.flow_id];
     want.sort();
     assert_eq!(got, want);
-    let completed = ListFilter { status: Some(FlowStatus::Completed), limit: 10, ..ListFilter::default() };
+    let completed = ListFilter {
+        status: Some(FlowStatus::Completed),
+        limit: 10,
+        ..ListFilter::default()
+    };
     let summaries = store.list_flows(&completed).await.unwrap();
     assert_eq!(summaries.len(), 1);
     assert_eq!(summaries[0].flow_id, a.flow_id);
     assert_eq!(summaries[0].total_execution_time, Some(3.0));
-    let one = ListFilter { limit: 1, ..ListFilter::default() };
+    let one = ListFilter {
+        limit: 1,
+        ..ListFilter::default()
+    };
     assert_eq!(ids(store.list_flows(&one).await.unwrap()), vec![c.flow_id]);
 
     // delete
     assert!(store.delete_flow(b.flow_id).await.unwrap());
     assert!(!store.delete_flow(b.flow_id).await.unwrap());
     assert_eq!(store.get_flow(b.flow_id).await.unwrap(), None);
-    assert_eq!(ids(store.list_flows(&all).await.unwrap()), vec![c.flow_id, a.flow_id]);
+    assert_eq!(
+        ids(store.list_flows(&all).await.unwrap()),
+        vec![c.flow_id, a.flow_id]
+    );
 }
 
 fn redis_config(server: &RedisServer, prefix: &str) -> RedisStoreConfig {
@@ -134,7 +167,9 @@ async fn memory_fallback_store_keeps_the_contract() {
 #[tokio::test]
 async fn redis_store_keeps_the_contract() {
     let server = RedisServer::start().unwrap();
-    let store = RedisStore::connect(&redis_config(&server, &random_prefix())).await.unwrap();
+    let store = RedisStore::connect(&redis_config(&server, &random_prefix()))
+        .await
+        .unwrap();
     contract(&store).await;
 }
 
@@ -150,11 +185,16 @@ async fn redis_fallback_store_keeps_the_contract() {
 async fn redis_keys_follow_the_documented_layout() {
     let server = RedisServer::start().unwrap();
     let prefix = random_prefix();
-    let store = RedisStore::connect(&redis_config(&server, &prefix)).await.unwrap();
+    let store = RedisStore::connect(&redis_config(&server, &prefix))
+        .await
+        .unwrap();
     let f = flow("layout", 2, 0);
     store.create_flow(&f).await.unwrap();
     let mut conn = server.connection();
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut conn).unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap();
     keys.sort();
     let id = f.flow_id;
     assert_eq!(
@@ -167,9 +207,17 @@ async fn redis_keys_follow_the_documented_layout() {
             format!("{prefix}flows:status:running"),
         ]
     );
-    let status: String = redis::cmd("HGET").arg(format!("{prefix}flow:{{{id}}}")).arg("status").query(&mut conn).unwrap();
+    let status: String = redis::cmd("HGET")
+        .arg(format!("{prefix}flow:{{{id}}}"))
+        .arg("status")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(status, "running");
-    let step: String = redis::cmd("HGET").arg(format!("{prefix}flow:{{{id}}}:steps")).arg("s1").query(&mut conn).unwrap();
+    let step: String = redis::cmd("HGET")
+        .arg(format!("{prefix}flow:{{{id}}}:steps"))
+        .arg("s1")
+        .query(&mut conn)
+        .unwrap();
     let step: serde_json::Value = serde_json::from_str(&step).unwrap();
     assert_eq!(step["status"], "pending");
 }
@@ -192,7 +240,10 @@ async fn bytes_for_one_step_write(server: &RedisServer, store: &RedisStore, step
     let mut s = FlowStepState::pending(format!("s{}", steps - 1));
     s.status = StepStatus::Completed;
     s.outputs = Some(json!({"n": 1}));
-    store.save_step(f.flow_id, &s, &FlowPatch::default()).await.unwrap();
+    store
+        .save_step(f.flow_id, &s, &FlowPatch::default())
+        .await
+        .unwrap();
     let after = read(&mut conn);
     // The INFO command itself is counted too; it is the same size each time.
     after - before
@@ -201,9 +252,14 @@ async fn bytes_for_one_step_write(server: &RedisServer, store: &RedisStore, step
 #[tokio::test]
 async fn a_step_write_costs_the_same_for_short_and_long_flows() {
     let server = RedisServer::start().unwrap();
-    let store = RedisStore::connect(&redis_config(&server, &random_prefix())).await.unwrap();
+    let store = RedisStore::connect(&redis_config(&server, &random_prefix()))
+        .await
+        .unwrap();
     let short = bytes_for_one_step_write(&server, &store, 1).await;
     let long = bytes_for_one_step_write(&server, &store, 64).await;
     // Step names s0 and s63 differ by one byte (and its length prefix).
-    assert!(long.abs_diff(short) <= 4, "1 step: {short} bytes, 64 steps: {long} bytes");
+    assert!(
+        long.abs_diff(short) <= 4,
+        "1 step: {short} bytes, 64 steps: {long} bytes"
+    );
 }

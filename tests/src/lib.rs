@@ -78,7 +78,14 @@ impl RedisServer {
     pub fn start_on(port: u16) -> Result<RedisServer> {
         let dir = tempfile::tempdir()?;
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "no", "--dir"])
             .arg(dir.path())
             .stdout(Stdio::null())

@@ -64,9 +64,9 @@ impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {
         match e {
             RunError::InvalidInputs(problems) => ApiError::InvalidInputs(problems),
-            RunError::DuplicateId(id) => {
-                ApiError::Conflict(format!("a flow with id {id} exists already: omit flow_id or pick a new one"))
-            }
+            RunError::DuplicateId(id) => ApiError::Conflict(format!(
+                "a flow with id {id} exists already: omit flow_id or pick a new one"
+            )),
             RunError::Store(e) => e.into(),
         }
     }

@@ -65,10 +65,13 @@ struct ExecuteRequest {
 }
 
 fn flow_def(app: &App, name: &str) -> Result<Arc<FlowDefinition>, ApiError> {
-    app.flows.get(name).cloned().ok_or_else(|| ApiError::UnknownFlow {
-        name: name.to_owned(),
-        known: app.flows.flows().map(|f| f.name.clone()).collect(),
-    })
+    app.flows
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::UnknownFlow {
+            name: name.to_owned(),
+            known: app.flows.flows().map(|f| f.name.clone()).collect(),
+        })
 }
 
 fn parse_flow_id(raw: &str) -> Result<FlowId, ApiError> {

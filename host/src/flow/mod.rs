@@ -152,13 +152,16 @@ impl FlowDefinition {
             step: step.map(str::to_owned),
             message,
         };
-        let raw: RawFlow =
-            serde_saphyr::from_str(text).map_err(|e| vec![err(None, format!("invalid YAML: {e}"))])?;
+        let raw: RawFlow = serde_saphyr::from_str(text)
+            .map_err(|e| vec![err(None, format!("invalid YAML: {e}"))])?;
         let mut errors = Vec::new();
         if !is_name(&raw.name) {
             errors.push(err(
                 None,
-                format!("flow name {:?} must be letters, digits, '-' or '_'", raw.name),
+                format!(
+                    "flow name {:?} must be letters, digits, '-' or '_'",
+                    raw.name
+                ),
             ));
         }
         if raw.steps.is_empty() {
@@ -170,7 +173,10 @@ impl FlowDefinition {
             {
                 errors.push(err(
                     None,
-                    format!("input `{name}`: default {default} is not of type {:?}", spec.ty),
+                    format!(
+                        "input `{name}`: default {default} is not of type {:?}",
+                        spec.ty
+                    ),
                 ));
             }
         }
@@ -200,7 +206,12 @@ impl FlowDefinition {
                     Value::Null
                 }
             };
-            let input = match Template::parse(raw_step.input.as_ref().unwrap_or(&Value::Object(Map::new()))) {
+            let input = match Template::parse(
+                raw_step
+                    .input
+                    .as_ref()
+                    .unwrap_or(&Value::Object(Map::new())),
+            ) {
                 Ok(t) => t,
                 Err(m) => {
                     step_err(format!("input: {m}"));
@@ -210,12 +221,12 @@ impl FlowDefinition {
             let mut depends_on = BTreeSet::new();
             for r in input.references() {
                 match &r.source {
-                    Source::Input(i) if !raw.inputs.contains_key(i) => {
-                        step_err(format!("input refers to {r}, but the flow declares no input `{i}`"))
-                    }
-                    Source::Step(s) if s == name => {
-                        step_err(format!("input refers to {r}: a step cannot use its own output"))
-                    }
+                    Source::Input(i) if !raw.inputs.contains_key(i) => step_err(format!(
+                        "input refers to {r}, but the flow declares no input `{i}`"
+                    )),
+                    Source::Step(s) if s == name => step_err(format!(
+                        "input refers to {r}: a step cannot use its own output"
+                    )),
                     Source::Step(s) if !step_names.contains(s.as_str()) => {
                         step_err(format!("input refers to {r}, but there is no step `{s}`"))
                     }
@@ -289,7 +300,10 @@ impl FlowDefinition {
 
     /// Checks the inputs of a run against the declared ones and fills in
     /// defaults. Every problem is listed, each saying what to fix.
-    pub fn resolve_inputs(&self, given: Map<String, Value>) -> Result<Map<String, Value>, Vec<String>> {
+    pub fn resolve_inputs(
+        &self,
+        given: Map<String, Value>,
+    ) -> Result<Map<String, Value>, Vec<String>> {
         let mut problems = Vec::new();
         for key in given.keys() {
             if !self.inputs.contains_key(key) {
@@ -306,7 +320,10 @@ impl FlowDefinition {
             match given.get(name).filter(|v| !v.is_null()) {
                 Some(v) if !spec.ty.accepts(v) => problems.push(format!(
                     "input `{name}` must be of type {}, got {}",
-                    serde_json::to_value(spec.ty).unwrap_or_default().as_str().unwrap_or("any"),
+                    serde_json::to_value(spec.ty)
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or("any"),
                     type_name(v)
                 )),
                 Some(v) => {
@@ -323,7 +340,11 @@ impl FlowDefinition {
                 },
             }
         }
-        if problems.is_empty() { Ok(resolved) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -340,14 +361,18 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A cycle among the steps, as the names along it with the first repeated at
 /// the end; `None` for a DAG.
 fn find_cycle(steps: &[StepDef]) -> Option<Vec<String>> {
-    let deps: HashMap<&str, &BTreeSet<String>> =
-        steps.iter().map(|s| (s.name.as_str(), &s.depends_on)).collect();
+    let deps: HashMap<&str, &BTreeSet<String>> = steps
+        .iter()
+        .map(|s| (s.name.as_str(), &s.depends_on))
+        .collect();
     // 0 = unvisited, 1 = on the current path, 2 = done.
     let mut mark: HashMap<&str, u8> = HashMap::new();
     fn visit<'a>(
@@ -360,7 +385,8 @@ fn find_cycle(steps: &[StepDef]) -> Option<Vec<String>> {
             Some(2) => return None,
             Some(1) => {
                 let start = path.iter().position(|n| *n == node).unwrap_or(0);
-                let mut cycle: Vec<String> = path[start..].iter().map(|s| (*s).to_owned()).collect();
+                let mut cycle: Vec<String> =
+                    path[start..].iter().map(|s| (*s).to_owned()).collect();
                 cycle.push(node.to_owned());
                 return Some(cycle);
             }
@@ -469,11 +495,17 @@ mod tests {
     use serde_json::json;
 
     fn parse(text: &str) -> Result<FlowDefinition, Vec<FlowError>> {
-        FlowDefinition::parse(Path::new("flows/t.yaml"), text, &|p| p == "upper" || p == "count")
+        FlowDefinition::parse(Path::new("flows/t.yaml"), text, &|p| {
+            p == "upper" || p == "count"
+        })
     }
 
     fn messages(text: &str) -> Vec<String> {
-        parse(text).unwrap_err().iter().map(ToString::to_string).collect()
+        parse(text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
@@ -489,7 +521,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_step() {
-        let m = messages("name: t\nsteps:\n  - name: a\n    plugin: nope\n  - name: a\n    plugin: upper\n    input: '${inputs.x}'\n  - name: c\n    plugin: upper\n    input: '${steps.zz.output}'\n");
+        let m = messages(
+            "name: t\nsteps:\n  - name: a\n    plugin: nope\n  - name: a\n    plugin: upper\n    input: '${inputs.x}'\n  - name: c\n    plugin: upper\n    input: '${steps.zz.output}'\n",
+        );
         assert_eq!(
             m,
             vec![
@@ -503,8 +537,13 @@ mod tests {
 
     #[test]
     fn cycles_are_reported_with_their_path() {
-        let m = messages("name: t\nsteps:\n  - name: a\n    plugin: upper\n    input: '${steps.c.output}'\n  - name: b\n    plugin: upper\n    input: '${steps.a.output}'\n  - name: c\n    plugin: upper\n    depends_on: [b]\n");
-        assert_eq!(m, vec!["flows/t.yaml: step `a`: steps form a cycle: a → c → b → a"]);
+        let m = messages(
+            "name: t\nsteps:\n  - name: a\n    plugin: upper\n    input: '${steps.c.output}'\n  - name: b\n    plugin: upper\n    input: '${steps.a.output}'\n  - name: c\n    plugin: upper\n    depends_on: [b]\n",
+        );
+        assert_eq!(
+            m,
+            vec!["flows/t.yaml: step `a`: steps form a cycle: a → c → b → a"]
+        );
     }
 
     #[test]
@@ -517,9 +556,13 @@ mod tests {
     #[test]
     fn inputs_are_checked_and_defaulted() {
         let def = parse("name: t\ninputs:\n  text: {type: string}\n  n: {type: integer, default: 3}\nsteps:\n  - name: a\n    plugin: upper\n").unwrap();
-        let ok = def.resolve_inputs(json!({"text": "x"}).as_object().unwrap().clone()).unwrap();
+        let ok = def
+            .resolve_inputs(json!({"text": "x"}).as_object().unwrap().clone())
+            .unwrap();
         assert_eq!(Value::Object(ok), json!({"text": "x", "n": 3}));
-        let err = def.resolve_inputs(json!({"n": "3", "extra": 1}).as_object().unwrap().clone()).unwrap_err();
+        let err = def
+            .resolve_inputs(json!({"n": "3", "extra": 1}).as_object().unwrap().clone())
+            .unwrap_err();
         assert_eq!(
             err,
             vec![

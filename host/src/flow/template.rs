@@ -61,9 +61,12 @@ impl Template {
     pub fn parse(value: &Value) -> Result<Template, String> {
         Ok(match value {
             Value::String(s) => parse_text(s)?,
-            Value::Array(items) => {
-                Template::Array(items.iter().map(Template::parse).collect::<Result<_, _>>()?)
-            }
+            Value::Array(items) => Template::Array(
+                items
+                    .iter()
+                    .map(Template::parse)
+                    .collect::<Result<_, _>>()?,
+            ),
             Value::Object(map) => Template::Object(
                 map.iter()
                     .map(|(k, v)| Ok((k.clone(), Template::parse(v)?)))
@@ -145,9 +148,8 @@ impl Reference {
                 Value::Array(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
                 _ => None,
             };
-            current = next.ok_or_else(|| {
-                format!("{self}: no `{seg}` in {}", describe_value(current))
-            })?;
+            current =
+                next.ok_or_else(|| format!("{self}: no `{seg}` in {}", describe_value(current)))?;
         }
         Ok(current)
     }
@@ -204,7 +206,9 @@ fn parse_text(s: &str) -> Result<Template, String> {
 fn parse_reference(body: &str) -> Result<Reference, String> {
     let segs: Vec<&str> = body.split('.').collect();
     if segs.iter().any(|s| s.is_empty()) {
-        return Err(format!("bad reference `${{{body}}}`: empty name between dots"));
+        return Err(format!(
+            "bad reference `${{{body}}}`: empty name between dots"
+        ));
     }
     match segs.as_slice() {
         ["inputs", name, path @ ..] => Ok(Reference {
@@ -227,7 +231,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn scope_with<'a>(inputs: &'a Map<String, Value>, outputs: &'a HashMap<String, Value>) -> Scope<'a> {
+    fn scope_with<'a>(
+        inputs: &'a Map<String, Value>,
+        outputs: &'a HashMap<String, Value>,
+    ) -> Scope<'a> {
         Scope { inputs, outputs }
     }
 
@@ -264,6 +271,9 @@ mod tests {
         let inputs = Map::new();
         let outputs = HashMap::from([("a".to_owned(), json!({"text": "x"}))]);
         let err = t.resolve(&scope_with(&inputs, &outputs)).unwrap_err();
-        assert_eq!(err, "${steps.a.output.nope}: no `nope` in an object with keys [text]");
+        assert_eq!(
+            err,
+            "${steps.a.output.nope}: no `nope` in an object with keys [text]"
+        );
     }
 }

@@ -226,7 +226,8 @@ impl PluginHost {
                         compile_ms = plugin.meta.compile_ms,
                         "plugin loaded"
                     );
-                    self.plugins.insert(plugin.meta.name.clone(), Arc::new(plugin));
+                    self.plugins
+                        .insert(plugin.meta.name.clone(), Arc::new(plugin));
                 }
                 Err(reason) => {
                     tracing::warn!(path = %path.display(), %reason, "plugin skipped");

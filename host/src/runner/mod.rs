@@ -93,7 +93,9 @@ impl FlowRunner {
         inputs: Map<String, Value>,
         ctx: FlowContext,
     ) -> Result<FlowState, RunError> {
-        let inputs = def.resolve_inputs(inputs).map_err(RunError::InvalidInputs)?;
+        let inputs = def
+            .resolve_inputs(inputs)
+            .map_err(RunError::InvalidInputs)?;
         let clock = Instant::now();
         let mut metadata = ctx.metadata;
         metadata.insert("state_store".into(), self.inner.store.backend().into());
@@ -122,7 +124,9 @@ impl FlowRunner {
             Err(e) => return Err(RunError::Store(e)),
         }
         // The store may have fallen back to memory while creating the flow.
-        state.metadata.insert("state_store".into(), self.inner.store.backend().into());
+        state
+            .metadata
+            .insert("state_store".into(), self.inner.store.backend().into());
         if state.metadata["state_store"] == "memory" && self.inner.metrics.degraded.get() == 1 {
             state.metadata.insert("degraded".into(), true.into());
         }
@@ -164,7 +168,10 @@ impl FlowRunner {
             error: state.error.clone(),
             metadata: Some(state.metadata.clone()),
         };
-        self.record(state.flow_id, self.inner.store.update_flow(state.flow_id, &patch).await);
+        self.record(
+            state.flow_id,
+            self.inner.store.update_flow(state.flow_id, &patch).await,
+        );
 
         let m = &self.inner.metrics;
         m.flow_runs
@@ -211,9 +218,9 @@ impl FlowRunner {
                     match step.input.resolve(&scope) {
                         Ok(input) => {
                             let (runner, def, id) = (self.clone(), def.clone(), state.flow_id);
-                            running.spawn(async move {
-                                runner.run_step(id, &def, index, input).await
-                            });
+                            running.spawn(
+                                async move { runner.run_step(id, &def, index, input).await },
+                            );
                         }
                         Err(e) => {
                             let mut failed = FlowStepState::pending(&step.name);
@@ -241,7 +248,9 @@ impl FlowRunner {
                 Err(e) => {
                     // A panicking step task is a host bug; fail the flow, not the host.
                     tracing::error!(flow_id = %state.flow_id, error = %e, "step task panicked");
-                    state.error.get_or_insert_with(|| "internal error in a step".into());
+                    state
+                        .error
+                        .get_or_insert_with(|| "internal error in a step".into());
                     continue;
                 }
             };
@@ -302,7 +311,10 @@ impl FlowRunner {
                 };
                 self.inner.plugins.execute(plugin, &call).await
             }
-            None => Err(PluginError::Failed(format!("plugin `{}` is not loaded", step.plugin))),
+            None => Err(PluginError::Failed(format!(
+                "plugin `{}` is not loaded",
+                step.plugin
+            ))),
         };
         let elapsed = clock.elapsed().as_secs_f64();
         st.completed_at = Some(Utc::now());
@@ -320,7 +332,10 @@ impl FlowRunner {
                 "failed"
             }
         };
-        self.record(flow_id, store.save_step(flow_id, &st, &FlowPatch::default()).await);
+        self.record(
+            flow_id,
+            store.save_step(flow_id, &st, &FlowPatch::default()).await,
+        );
         let m = &self.inner.metrics;
         m.step_runs
             .get_or_create(&StepOutcome {

@@ -59,7 +59,10 @@ impl FallbackStore {
     }
 
     pub fn health(&self) -> RedisHealth {
-        self.health.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.health
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// True when Redis is configured but not in use.
@@ -208,7 +211,7 @@ impl StateStore for FallbackStore {
         let mut out = self.memory.list_flows(filter).await?;
         if let Some(redis) = self.current() {
             out.extend(redis.list_flows(filter).await?);
-            out.sort_by(|a, b| (b.started_at, b.flow_id).cmp(&(a.started_at, a.flow_id)));
+            out.sort_by_key(|s| std::cmp::Reverse((s.started_at, s.flow_id)));
             out.truncate(filter.limit);
         }
         Ok(out)
@@ -222,6 +225,10 @@ impl StateStore for FallbackStore {
     }
 
     fn backend(&self) -> &'static str {
-        if self.healthy().is_some() { "redis" } else { "memory" }
+        if self.healthy().is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
     }
 }

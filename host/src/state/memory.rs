@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, StateStore, StoreError};
+use super::{
+    FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, StateStore, StoreError,
+};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -73,7 +75,7 @@ impl StateStore for MemoryStore {
             .filter(|f| filter.status.is_none_or(|s| s == f.status))
             .map(FlowSummary::from)
             .collect();
-        out.sort_by(|a, b| (b.started_at, b.flow_id).cmp(&(a.started_at, a.flow_id)));
+        out.sort_by_key(|s| std::cmp::Reverse((s.started_at, s.flow_id)));
         out.truncate(filter.limit);
         Ok(out)
     }

@@ -280,7 +280,9 @@ impl StateStore for RedisStore {
                     flow_id: raw.clone(),
                     reason: "index member is not a flow id".into(),
                 })?;
-                pipe.cmd("HMGET").arg(self.keys.flow(id)).arg(&SUMMARY_FIELDS[..]);
+                pipe.cmd("HMGET")
+                    .arg(self.keys.flow(id))
+                    .arg(&SUMMARY_FIELDS[..]);
                 parsed.push(id);
             }
             let rows: Vec<Vec<Option<String>>> = pipe
@@ -292,7 +294,11 @@ impl StateStore for RedisStore {
                 let Some(summary) = decode_summary(id, row)? else {
                     continue;
                 };
-                if filter.flow_name.as_ref().is_some_and(|n| *n != summary.flow_name) {
+                if filter
+                    .flow_name
+                    .as_ref()
+                    .is_some_and(|n| *n != summary.flow_name)
+                {
                     continue;
                 }
                 out.push(summary);
@@ -443,4 +449,3 @@ fn decode_summary(id: FlowId, row: Vec<Option<String>>) -> Result<Option<FlowSum
             .transpose()?,
     }))
 }
-
