@@ -30,7 +30,8 @@ async fn main() -> anyhow::Result<()> {
         memory_bytes: 64 << 20,
         max_instances: 64,
         max_component_bytes: 32 << 20,
-    })?;
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let plugin = host.load_file(&plugin_wasm("echo")).await?;
     let (config, input) = (json!({}), json!({"text": "hello"}));
     let call = Call {
