@@ -1,0 +1,44 @@
+//! The `summarize` executor: an extractive summary of the `text` of its
+//! input, made of its highest-scoring sentences in their original order.
+
+mod extract;
+
+mod bindings {
+    //! Rust bindings generated from the `executor` world.
+    #![allow(clippy::too_many_arguments)]
+
+    wit_bindgen::generate!({ world: "executor", path: "../../../wit" });
+}
+
+use bindings::flowhost::executor::host::{LogLevel, log};
+use bindings::{Guest, Json, PluginInfo, StepError, StepRequest};
+
+struct Summarize;
+
+impl Guest for Summarize {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: env!("CARGO_PKG_NAME").to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            description: env!("CARGO_PKG_DESCRIPTION").to_string(),
+            deterministic: true,
+            input_schema: Some(extract::INPUT_SCHEMA.to_string()),
+            output_schema: Some(extract::OUTPUT_SCHEMA.to_string()),
+        }
+    }
+
+    fn execute(request: StepRequest) -> Result<Json, StepError> {
+        match extract::run(&request.config, &request.input) {
+            Ok((output, note)) => {
+                log(LogLevel::Debug, &note);
+                Ok(output)
+            }
+            Err(message) => {
+                log(LogLevel::Debug, &format!("summarize: rejected: {message}"));
+                Err(StepError::InvalidInput(message))
+            }
+        }
+    }
+}
+
+bindings::export!(Summarize with_types_in bindings);
