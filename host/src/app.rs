@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::flow::FlowCatalog;
 use crate::metrics::Metrics;
 use crate::plugin::{Limits, PluginHost};
-use crate::runner::{FlowRunner, RunnerConfig};
+use crate::runner::{FlowRunner, RetryPolicy, RunnerConfig};
 use crate::state::{FallbackStore, RedisStoreConfig};
 
 pub struct App {
@@ -68,14 +68,24 @@ impl App {
         };
         metrics.degraded.set(i64::from(store.is_degraded()));
 
+        let retry = &config.retry;
         let runner = FlowRunner::new(
             plugins.clone(),
+            flows.clone(),
             store.clone(),
             metrics.clone(),
             RunnerConfig {
                 step_timeout: config.step_timeout(),
+                retry: RetryPolicy {
+                    max_attempts: retry.max_attempts,
+                    initial_delay: Duration::from_millis(retry.initial_delay_ms),
+                    factor: retry.factor,
+                    max_delay: Duration::from_millis(retry.max_delay_ms),
+                    jitter: retry.jitter,
+                },
             },
         );
+
         Ok(Arc::new(App {
             config,
             plugins,
@@ -84,6 +94,19 @@ impl App {
             metrics,
             runner,
         }))
+    }
+
+    /// With `recovery.resume_on_start`, resumes in the background the flows
+    /// left paused or running; `serve` calls it once the host is up.
+    pub async fn resume_on_start(&self) {
+        if !self.config.recovery.resume_on_start {
+            return;
+        }
+        match self.runner.resume_interrupted().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(flows = n, "resuming flows left paused or running"),
+            Err(e) => tracing::error!(error = %e, "cannot list flows to resume"),
+        }
     }
 
     /// The plugins folder alone, for `flowhost plugins` and validation.

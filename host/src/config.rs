@@ -19,7 +19,40 @@ pub struct Config {
     pub flows_dir: PathBuf,
     pub redis: RedisConfig,
     pub limits: LimitsConfig,
+    /// Default retry policy of every step; a step's `retry` overrides it.
+    pub retry: RetryConfig,
+    pub recovery: RecoveryConfig,
+    pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 never retries.
+    pub max_attempts: u32,
+    /// Delay before the second attempt.
+    pub initial_delay_ms: u64,
+    /// Each further delay is the previous one times this.
+    pub factor: f64,
+    pub max_delay_ms: u64,
+    /// Each delay is multiplied by a random number in [1 - jitter, 1 + jitter].
+    pub jitter: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// At start, resume flows left paused or running by a host that is gone.
+    pub resume_on_start: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM/SIGINT, how long running steps may take to finish before
+    /// they are interrupted; their flows are left paused either way.
+    pub grace_period_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -76,6 +109,9 @@ impl Default for Config {
             flows_dir: "flows".into(),
             redis: RedisConfig::default(),
             limits: LimitsConfig::default(),
+            retry: RetryConfig::default(),
+            recovery: RecoveryConfig::default(),
+            shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -101,6 +137,34 @@ impl Default for LimitsConfig {
             max_instances: 256,
             max_component_bytes: 32 << 20,
             max_request_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            initial_delay_ms: 200,
+            factor: 2.0,
+            max_delay_ms: 10_000,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            resume_on_start: true,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period_ms: 10_000,
         }
     }
 }
@@ -201,6 +265,13 @@ impl Config {
         if self.limits.step_timeout_ms == 0 || self.limits.max_instances == 0 {
             return invalid(
                 "limits.step_timeout_ms and limits.max_instances must be above 0".into(),
+            );
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0 || r.factor < 1.0 || !(0.0..=1.0).contains(&r.jitter) {
+            return invalid(
+                "retry: max_attempts must be at least 1, factor at least 1.0, jitter in [0, 1]"
+                    .into(),
             );
         }
         Ok(())

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -107,7 +108,25 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(address = %listener.local_addr()?, "flowhost serving");
-            flowhost::serve(listener, app, shutdown_signal()).await?;
+            app.resume_on_start().await;
+            let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(flowhost::serve(listener, app.clone(), async {
+                let _ = server_stopped.await;
+            }));
+            shutdown_signal().await;
+            // New work is refused from here on; running flows finish their
+            // steps (or are interrupted at the end of the grace period) and
+            // are left paused, which also answers their waiting requests.
+            let grace = Duration::from_millis(app.config.shutdown.grace_period_ms);
+            let interrupted = app.runner.shutdown(grace).await;
+            tracing::info!(interrupted, "flows paused; stopping the server");
+            let _ = stop_server.send(());
+            match tokio::time::timeout(Duration::from_secs(5), server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error while stopping"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+                Err(_) => tracing::warn!("connections still open after 5 s; exiting"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { flow, input } => {
@@ -224,5 +243,5 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutdown requested: taking no new work");
 }

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub flow_duration: HistogramFamily<FlowLabel>,
     pub step_runs: Family<StepOutcome, Counter>,
     pub step_duration: HistogramFamily<StepLabel>,
+    pub step_retries: Family<StepLabel, Counter>,
     pub flows_in_flight: Gauge,
     pub plugins_loaded: Gauge,
     pub plugins_skipped: Gauge,
@@ -69,7 +70,7 @@ impl Metrics {
         let flow_runs = Family::<FlowOutcome, Counter>::default();
         registry.register(
             "flowhost_flow_runs",
-            "Flow runs finished, by flow and outcome (completed, failed, cancelled, paused)",
+            "Flow runs ended, by flow and outcome (completed, failed, cancelled, paused)",
             flow_runs.clone(),
         );
         let flow_duration = HistogramFamily::<FlowLabel>::new_with_constructor(
@@ -83,7 +84,7 @@ impl Metrics {
         let step_runs = Family::<StepOutcome, Counter>::default();
         registry.register(
             "flowhost_step_runs",
-            "Step attempts finished, by flow, step, plugin and outcome (completed, failed)",
+            "Step attempts ended, by flow, step, plugin and outcome (completed, failed, interrupted)",
             step_runs.clone(),
         );
         let step_duration = HistogramFamily::<StepLabel>::new_with_constructor(
@@ -93,6 +94,12 @@ impl Metrics {
             "flowhost_step_duration_seconds",
             "Wall time of step attempts, plugin call included, by flow, step and plugin",
             step_duration.clone(),
+        );
+        let step_retries = Family::<StepLabel, Counter>::default();
+        registry.register(
+            "flowhost_step_retries",
+            "Step attempts that failed and were retried after a backoff, by flow, step and plugin",
+            step_retries.clone(),
         );
         let flows_in_flight = Gauge::default();
         registry.register(
@@ -130,6 +137,7 @@ impl Metrics {
             flow_duration,
             step_runs,
             step_duration,
+            step_retries,
             flows_in_flight,
             plugins_loaded,
             plugins_skipped,

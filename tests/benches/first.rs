@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let plugin = host.load_file(&plugin_wasm("echo")).await?;
     let (config, input) = (json!({}), json!({"text": "hello"}));
+    let stop = tokio_util::sync::CancellationToken::new();
     let call = Call {
         flow_id: "0193a7c4-5e1b-7cc0-9f3a-2d4e5f607182",
         step: "echo",
@@ -41,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         config: &config,
         input: &input,
         timeout: Duration::from_secs(5),
+        stop: &stop,
     };
     for _ in 0..200 {
         host.execute(&plugin, &call).await?;

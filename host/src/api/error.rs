@@ -24,6 +24,10 @@ pub enum ApiError {
     InvalidInputs(Vec<String>),
     #[error("{0}")]
     Conflict(String),
+    #[error("no step `{step}` in flow `{flow}`")]
+    UnknownStep { flow: String, step: String },
+    #[error("flowhost is shutting down; retry on another host or later")]
+    ShuttingDown,
     #[error("no route for {0}")]
     NoRoute(String),
     #[error("state store unavailable")]
@@ -41,6 +45,8 @@ impl ApiError {
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::InvalidInputs(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_inputs"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::UnknownStep { .. } => (StatusCode::NOT_FOUND, "unknown_step"),
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -67,6 +73,16 @@ impl From<RunError> for ApiError {
             RunError::DuplicateId(id) => ApiError::Conflict(format!(
                 "a flow with id {id} exists already: omit flow_id or pick a new one"
             )),
+            RunError::NotFound(id) => ApiError::RunNotFound {
+                flow: String::new(),
+                id: id.to_string(),
+            },
+            RunError::Conflict(reason) => ApiError::Conflict(reason),
+            RunError::UnknownStep(step) => ApiError::UnknownStep {
+                flow: String::new(),
+                step,
+            },
+            RunError::ShuttingDown => ApiError::ShuttingDown,
             RunError::Store(e) => e.into(),
         }
     }

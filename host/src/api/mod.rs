@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
@@ -31,6 +31,9 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/api/v1/{flow}/execute", post(execute))
         .route("/api/v1/{flow}/status/{flow_id}", get(status))
+        .route("/api/v1/{flow}/resume/{flow_id}", post(resume))
+        .route("/api/v1/{flow}/retry/{flow_id}/{step}", post(retry))
+        .route("/api/v1/{flow}/flows/{flow_id}", delete(cancel))
         .route("/api/v1/flows", get(list_flows))
         .route("/api/v1/plugins", get(list_plugins))
         .route("/healthz", get(healthz))
@@ -112,17 +115,81 @@ async fn status(
     State(app): AppState,
     Path((flow, raw_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let def = flow_def(&app, &flow)?;
-    let id = parse_flow_id(&raw_id)?;
+    let (def, state) = stored_run(&app, &flow, &raw_id).await?;
+    Ok(Json(flow_view(&def, &state, true)))
+}
+
+/// The stored run `raw_id` of flow `flow`, or 404.
+async fn stored_run(
+    app: &App,
+    flow: &str,
+    raw_id: &str,
+) -> Result<(Arc<FlowDefinition>, FlowState), ApiError> {
+    let def = flow_def(app, flow)?;
+    let id = parse_flow_id(raw_id)?;
     let not_found = || ApiError::RunNotFound {
-        flow: flow.clone(),
-        id: raw_id.clone(),
+        flow: flow.to_owned(),
+        id: raw_id.to_owned(),
     };
     let state = app.store.get_flow(id).await?.ok_or_else(not_found)?;
     if state.flow_name != def.name {
         return Err(not_found());
     }
-    Ok(Json(flow_view(&def, &state, true)))
+    Ok((def, state))
+}
+
+/// Fills the flow and step names that the runner does not know into errors.
+fn in_flow(flow: &str, raw_id: &str, e: crate::runner::RunError) -> ApiError {
+    match ApiError::from(e) {
+        ApiError::RunNotFound { .. } => ApiError::RunNotFound {
+            flow: flow.to_owned(),
+            id: raw_id.to_owned(),
+        },
+        ApiError::UnknownStep { step, .. } => ApiError::UnknownStep {
+            flow: flow.to_owned(),
+            step,
+        },
+        other => other,
+    }
+}
+
+async fn resume(
+    State(app): AppState,
+    Path((flow, raw_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (def, state) = stored_run(&app, &flow, &raw_id).await?;
+    let state = app
+        .runner
+        .resume_flow(state.flow_id)
+        .await
+        .map_err(|e| in_flow(&flow, &raw_id, e))?;
+    Ok(Json(flow_view(&def, &state, false)))
+}
+
+async fn retry(
+    State(app): AppState,
+    Path((flow, raw_id, step)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (def, state) = stored_run(&app, &flow, &raw_id).await?;
+    let state = app
+        .runner
+        .retry_step(state.flow_id, &step)
+        .await
+        .map_err(|e| in_flow(&flow, &raw_id, e))?;
+    Ok(Json(flow_view(&def, &state, false)))
+}
+
+async fn cancel(
+    State(app): AppState,
+    Path((flow, raw_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (def, state) = stored_run(&app, &flow, &raw_id).await?;
+    let state = app
+        .runner
+        .cancel_flow(state.flow_id)
+        .await
+        .map_err(|e| in_flow(&flow, &raw_id, e))?;
+    Ok(Json(flow_view(&def, &state, false)))
 }
 
 #[derive(Serialize)]

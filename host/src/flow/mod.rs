@@ -111,6 +111,20 @@ struct RawStep {
     depends_on: Vec<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    retry: Option<RetrySpec>,
+}
+
+/// A step's retry policy as written in the flow file; keys left out take the
+/// defaults from the configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    pub max_attempts: Option<u32>,
+    pub initial_delay_ms: Option<u64>,
+    pub factor: Option<f64>,
+    pub max_delay_ms: Option<u64>,
+    pub jitter: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +137,7 @@ pub struct StepDef {
     /// Steps that must complete first: the referenced ones and `depends_on`.
     pub depends_on: BTreeSet<String>,
     pub timeout: Option<Duration>,
+    pub retry: RetrySpec,
 }
 
 /// A validated flow: its steps form a DAG over plugins that exist.
@@ -243,6 +258,19 @@ impl FlowDefinition {
                     depends_on.insert(d.clone());
                 }
             }
+            let retry = raw_step.retry.clone().unwrap_or_default();
+            if retry.max_attempts == Some(0)
+                || retry.factor.is_some_and(|f| f < 1.0)
+                || retry.jitter.is_some_and(|j| !(0.0..=1.0).contains(&j))
+            {
+                step_err(
+                    "retry: max_attempts must be at least 1, factor at least 1.0, jitter in [0, 1]"
+                        .into(),
+                );
+            }
+            if raw_step.timeout_ms == Some(0) {
+                step_err("timeout_ms must be above 0".into());
+            }
             steps.push(StepDef {
                 name: name.to_owned(),
                 plugin: raw_step.plugin.clone(),
@@ -250,6 +278,7 @@ impl FlowDefinition {
                 config,
                 depends_on,
                 timeout: raw_step.timeout_ms.map(Duration::from_millis),
+                retry,
             });
         }
         let outputs = match Template::parse(&Value::Object(raw.outputs.clone())) {

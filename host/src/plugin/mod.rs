@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
@@ -116,6 +117,8 @@ pub enum PluginError {
     InvalidOutput(String),
     #[error("could not be instantiated: {0}")]
     Instantiate(String),
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl PluginError {
@@ -124,7 +127,8 @@ impl PluginError {
         match self {
             PluginError::Retryable(_) | PluginError::TimedOut(_) | PluginError::Trapped(_) => true,
             PluginError::Instantiate(_) => true,
-            PluginError::InvalidInput(_)
+            PluginError::Interrupted
+            | PluginError::InvalidInput(_)
             | PluginError::Failed(_)
             | PluginError::InvalidOutput(_) => false,
         }
@@ -140,6 +144,7 @@ impl PluginError {
             PluginError::Trapped(_) => "trapped",
             PluginError::InvalidOutput(_) => "invalid_output",
             PluginError::Instantiate(_) => "instantiate",
+            PluginError::Interrupted => "interrupted",
         }
     }
 }
@@ -153,6 +158,8 @@ pub struct Call<'a> {
     pub config: &'a Value,
     pub input: &'a Value,
     pub timeout: Duration,
+    /// Cancelling it interrupts the call within one epoch tick.
+    pub stop: &'a CancellationToken,
 }
 
 /// The loaded plugins and the engine that runs them. Cheap to share in an Arc.
@@ -327,13 +334,32 @@ impl PluginHost {
     }
 
     /// Runs one step: a fresh instance in a fresh sandbox, stopped at the
-    /// call's timeout.
+    /// call's timeout or when `call.stop` is cancelled.
+    ///
+    /// A plugin spinning in wasm is interrupted by the epoch deadline; one
+    /// blocked in a host call (a sleep, say) yields, and the call's future is
+    /// dropped here, which drops its instance with it.
     pub async fn execute(&self, plugin: &Plugin, call: &Call<'_>) -> Result<Value, PluginError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| PluginError::Instantiate(e.to_string()))?;
+        let run = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|e| PluginError::Instantiate(e.to_string()))?;
+            self.run(plugin, call).await
+        };
+        tokio::select! {
+            biased;
+            () = call.stop.cancelled() => Err(PluginError::Interrupted),
+            // Waiting for a slot counts against the timeout too; a bit of
+            // slack lets the epoch deadline report a spinning plugin first.
+            r = tokio::time::timeout(call.timeout + EPOCH_TICK * 5, run) => {
+                r.unwrap_or(Err(PluginError::TimedOut(call.timeout)))
+            }
+        }
+    }
+
+    async fn run(&self, plugin: &Plugin, call: &Call<'_>) -> Result<Value, PluginError> {
         let mut store = self.store(&plugin.meta.name, call.flow_id, call.step, call.timeout);
         let request = StepRequest {
             flow_id: call.flow_id.to_owned(),

@@ -192,6 +192,9 @@ pub struct FlowPatch {
     pub outputs: Option<Value>,
     pub error: Option<String>,
     pub metadata: Option<Map<String, Value>>,
+    /// Clears `completed_at`, `total_execution_time`, `outputs` and `error`
+    /// before the fields above are applied: a resumed flow is unfinished.
+    pub clear_result: bool,
 }
 
 impl FlowPatch {
@@ -201,6 +204,12 @@ impl FlowPatch {
 
     /// Applies the patch to a state held in memory.
     pub fn apply(&self, flow: &mut FlowState) {
+        if self.clear_result {
+            flow.completed_at = None;
+            flow.total_execution_time = None;
+            flow.outputs = None;
+            flow.error = None;
+        }
         if let Some(status) = self.status {
             flow.status = status;
         }

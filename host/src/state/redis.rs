@@ -123,6 +123,13 @@ impl RedisStore {
     }
 
     fn push_patch(&self, pipe: &mut Pipeline, id: FlowId, patch: &FlowPatch) {
+        if patch.clear_result {
+            pipe.hdel(
+                self.keys.flow(id),
+                &["completed_at", "total_execution_time", "outputs", "error"][..],
+            )
+            .ignore();
+        }
         let fields = patch_fields(patch);
         if !fields.is_empty() {
             pipe.hset_multiple(self.keys.flow(id), &fields).ignore();
@@ -197,6 +204,7 @@ impl StateStore for RedisStore {
             outputs: flow.outputs.clone(),
             error: flow.error.clone(),
             metadata: Some(flow.metadata.clone()),
+            clear_result: false,
         }));
         pipe.hset_multiple(&header, &fields).ignore();
         let steps: Vec<(String, String)> = flow
