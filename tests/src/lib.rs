@@ -129,7 +129,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// The `flowhost` binary built by `cargo test --workspace`, or `$FLOWHOST_BIN`.
+/// The `flowhost` binary that cargo builds for the integration tests of the
+/// `flowhost` package (which these suites are), or `$FLOWHOST_BIN`.
 pub fn flowhost_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FLOWHOST_BIN") {
         return p.into();
@@ -143,7 +144,7 @@ pub fn flowhost_bin() -> PathBuf {
         .expect("target dir");
     assert!(
         bin.is_file(),
-        "{} not found: run the tests with `cargo test --workspace` (scripts/test.sh does)",
+        "{} not found: run the tests with `cargo test -p flowhost` (scripts/test.sh does)",
         bin.display()
     );
     bin
@@ -211,9 +212,32 @@ impl Host {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL: the process dies at once, as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 
@@ -228,3 +252,68 @@ pub const DOCUMENT: &str = "WebAssembly runs sandboxed code at near native speed
 Flowhost runs WebAssembly plugins as the steps of a flow. Every step of a flow \
 is recorded in Redis, so a flow survives a crash.\n\nPlugins are sandboxed: a \
 plugin gets no files, no network and no environment.";
+
+/// A folder of flow files, each given as (file stem, YAML text).
+pub fn flows_dir(flows: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, text) in flows {
+        std::fs::write(dir.path().join(format!("{name}.yaml")), text).expect("write flow");
+    }
+    dir
+}
+
+/// A config file with `text` as its content.
+pub fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), text).expect("write config");
+    file
+}
+
+/// A step's state read straight from Redis (default key prefix).
+pub fn redis_step(
+    conn: &mut redis::Connection,
+    flow_id: &str,
+    step: &str,
+) -> Option<serde_json::Value> {
+    let raw: Option<String> = redis::cmd("HGET")
+        .arg(format!("fh:flow:{{{flow_id}}}:steps"))
+        .arg(step)
+        .query(conn)
+        .expect("HGET");
+    raw.map(|r| serde_json::from_str(&r).expect("step JSON"))
+}
+
+/// A flow header field read straight from Redis (default key prefix).
+pub fn redis_flow_field(
+    conn: &mut redis::Connection,
+    flow_id: &str,
+    field: &str,
+) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(format!("fh:flow:{{{flow_id}}}"))
+        .arg(field)
+        .query(conn)
+        .expect("HGET")
+}
+
+/// The ids of the flows stored in Redis (default key prefix).
+pub fn redis_flow_ids(conn: &mut redis::Connection) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg("fh:flows:started")
+        .arg(0)
+        .arg(-1)
+        .query(conn)
+        .expect("ZRANGE")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

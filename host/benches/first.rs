@@ -2,7 +2,7 @@
 //! instance + call of the trivial `echo` plugin), and a three-step flow over
 //! HTTP with its state in a real redis-server. Prints percentiles.
 //!
-//! `cargo bench -p flowhost-tests --bench first` (after `plugins/build.sh`).
+//! `cargo bench -p flowhost --bench first` (after `plugins/build.sh`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
