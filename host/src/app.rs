@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::flow::FlowCatalog;
 use crate::metrics::Metrics;
 use crate::plugin::{Limits, PluginHost};
-use crate::runner::{FlowRunner, RetryPolicy, RunnerConfig};
+use crate::runner::{CacheSettings, FlowRunner, RetryPolicy, RunnerConfig};
 use crate::state::{FallbackStore, RedisStoreConfig};
 
 pub struct App {
@@ -73,6 +73,7 @@ impl App {
             plugins.clone(),
             flows.clone(),
             store.clone(),
+            store.clone(),
             metrics.clone(),
             RunnerConfig {
                 step_timeout: config.step_timeout(),
@@ -82,6 +83,11 @@ impl App {
                     factor: retry.factor,
                     max_delay: Duration::from_millis(retry.max_delay_ms),
                     jitter: retry.jitter,
+                },
+                cache: CacheSettings {
+                    enabled: config.cache.enabled,
+                    ttl: Duration::from_secs(config.cache.ttl_seconds),
+                    single_flight_wait: Duration::from_millis(config.cache.single_flight_wait_ms),
                 },
             },
         );

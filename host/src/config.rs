@@ -23,7 +23,30 @@ pub struct Config {
     pub retry: RetryConfig,
     pub recovery: RecoveryConfig,
     pub shutdown: ShutdownConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `false` turns the step and flow result cache off everywhere.
+    pub enabled: bool,
+    /// Time to live of a cached result, unless the flow or step sets one.
+    pub ttl_seconds: u64,
+    /// How long a step waits for another flow computing the same key before
+    /// it runs the plugin itself.
+    pub single_flight_wait_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            ttl_seconds: 86_400,
+            single_flight_wait_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -112,6 +135,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             recovery: RecoveryConfig::default(),
             shutdown: ShutdownConfig::default(),
+            cache: CacheConfig::default(),
             log: LogConfig::default(),
         }
     }

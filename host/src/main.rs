@@ -59,6 +59,24 @@ enum Command {
         #[command(subcommand)]
         command: FlowsCommand,
     },
+    /// The result cache in Redis
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Remove cached results: by plugin, by flow, or one key
+    Invalidate {
+        #[arg(long, group = "what")]
+        plugin: Option<String>,
+        #[arg(long, group = "what")]
+        flow: Option<String>,
+        #[arg(long, group = "what")]
+        key: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,6 +201,37 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             for s in plugins.skipped() {
                 writeln!(out, "  skipped  {}: {}", s.path.display(), s.reason)?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache {
+            command: CacheCommand::Invalidate { plugin, flow, key },
+        } => {
+            use flowhost::cache::{Invalidate, ResultCache};
+            let what = match (plugin, flow, key) {
+                (Some(p), None, None) => Invalidate::Plugin(p),
+                (None, Some(f), None) => Invalidate::Flow(f),
+                (None, None, Some(k)) => Invalidate::Key(k),
+                _ => {
+                    eprintln!("flowhost: give one of --plugin, --flow or --key");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let Some(url) = config.redis_url() else {
+                eprintln!(
+                    "flowhost: no redis.url configured: the in-memory cache lives inside the \
+                     serving process; use DELETE /api/v1/cache there"
+                );
+                return Ok(ExitCode::from(2));
+            };
+            let store = flowhost::state::RedisStore::connect(&flowhost::state::RedisStoreConfig {
+                url: url.to_owned(),
+                key_prefix: config.redis.key_prefix.clone(),
+                response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
+                connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
+            })
+            .await?;
+            let removed = store.invalidate(&what).await?;
+            println!("removed {removed} cached result(s)");
             Ok(ExitCode::SUCCESS)
         }
         Command::Flows {

@@ -31,6 +31,16 @@ pub struct StepOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ByLabel {
+    pub by: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabel {
     pub flow: String,
     pub step: String,
@@ -51,6 +61,14 @@ pub struct Metrics {
     pub step_runs: Family<StepOutcome, Counter>,
     pub step_duration: HistogramFamily<StepLabel>,
     pub step_retries: Family<StepLabel, Counter>,
+    pub cache_hits: Family<PluginLabel, Counter>,
+    pub cache_misses: Family<PluginLabel, Counter>,
+    pub cache_stores: Family<PluginLabel, Counter>,
+    pub cache_single_flight_waits: Family<PluginLabel, Counter>,
+    pub cache_invalidations: Family<ByLabel, Counter>,
+    pub cache_errors: Counter,
+    pub flow_cache_hits: Family<FlowLabel, Counter>,
+    pub flow_cache_misses: Family<FlowLabel, Counter>,
     pub flows_in_flight: Gauge,
     pub plugins_loaded: Gauge,
     pub plugins_skipped: Gauge,
@@ -101,6 +119,55 @@ impl Metrics {
             "Step attempts that failed and were retried after a backoff, by flow, step and plugin",
             step_retries.clone(),
         );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Family::<PluginLabel, Counter>::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let cache_hits = counter(
+            &mut registry,
+            "flowhost_cache_hits",
+            "Steps served from the result cache without running their plugin, by plugin",
+        );
+        let cache_misses = counter(
+            &mut registry,
+            "flowhost_cache_misses",
+            "Cacheable steps whose result was not in the cache, by plugin",
+        );
+        let cache_stores = counter(
+            &mut registry,
+            "flowhost_cache_stores",
+            "Step results written to the cache, by plugin",
+        );
+        let cache_single_flight_waits = counter(
+            &mut registry,
+            "flowhost_cache_single_flight_waits",
+            "Steps that waited for another flow computing the same cache key, by plugin",
+        );
+        let cache_invalidations = Family::<ByLabel, Counter>::default();
+        registry.register(
+            "flowhost_cache_invalidations",
+            "Cache entries removed on request, by what selected them (key, plugin, flow)",
+            cache_invalidations.clone(),
+        );
+        let cache_errors = Counter::default();
+        registry.register(
+            "flowhost_cache_errors",
+            "Cache reads and writes that failed; the step ran without the cache",
+            cache_errors.clone(),
+        );
+        let flow_cache_hits = Family::<FlowLabel, Counter>::default();
+        registry.register(
+            "flowhost_flow_cache_hits",
+            "Flow runs answered from the whole-flow result cache, by flow",
+            flow_cache_hits.clone(),
+        );
+        let flow_cache_misses = Family::<FlowLabel, Counter>::default();
+        registry.register(
+            "flowhost_flow_cache_misses",
+            "Flow runs with the whole-flow cache on that found no stored result, by flow",
+            flow_cache_misses.clone(),
+        );
         let flows_in_flight = Gauge::default();
         registry.register(
             "flowhost_flows_in_flight",
@@ -138,6 +205,14 @@ impl Metrics {
             step_runs,
             step_duration,
             step_retries,
+            cache_hits,
+            cache_misses,
+            cache_stores,
+            cache_single_flight_waits,
+            cache_invalidations,
+            cache_errors,
+            flow_cache_hits,
+            flow_cache_misses,
             flows_in_flight,
             plugins_loaded,
             plugins_skipped,

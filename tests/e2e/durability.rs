@@ -451,3 +451,38 @@ steps:
     let total = run["total_execution_time"].as_f64().unwrap();
     assert!(total < 0.95, "two 500 ms steps in parallel took {total} s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_does_not_stop_its_flow() {
+    let redis = RedisServer::start().unwrap();
+    let plugins = plugins_dir(&PLUGINS);
+    let flows = flows_dir(&[(
+        "slow",
+        &three_step_flow("slow", "{mode: sleep, ms: 800}", ""),
+    )]);
+    let config = config_file("recovery: {resume_on_start: false}\n");
+    let host = start_host(&redis, &plugins, &flows, &config);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = client
+        .post(host.url("/api/v1/slow/execute"))
+        .body(r#"{"inputs": {"text": "still here"}}"#)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up before the flow ended");
+    let mut conn = redis.connection();
+    let id = redis_flow_ids(&mut conn)
+        .pop()
+        .expect("the flow was recorded");
+    eventually(
+        "the flow completes without its client",
+        Duration::from_secs(10),
+        || {
+            (redis_flow_field(&mut conn, &id, "status").as_deref() == Some("completed"))
+                .then_some(())
+        },
+    );
+    assert!(metrics(&host).await.contains("flowhost_flows_in_flight 0"));
+}

@@ -32,6 +32,8 @@ pub enum ApiError {
     NoRoute(String),
     #[error("state store unavailable")]
     Unavailable(#[source] StoreError),
+    #[error("cache unavailable")]
+    CacheUnavailable(#[source] crate::cache::CacheError),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -49,6 +51,7 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::CacheUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -61,7 +64,11 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(id) => {
                 ApiError::Conflict(format!("a flow with id {id} exists already"))
             }
-            StoreError::NotFound(_) | StoreError::Corrupt { .. } => ApiError::Internal(Box::new(e)),
+            StoreError::NotFound(id) => ApiError::RunNotFound {
+                flow: String::new(),
+                id: id.to_string(),
+            },
+            StoreError::Corrupt { .. } => ApiError::Internal(Box::new(e)),
         }
     }
 }
@@ -83,6 +90,7 @@ impl From<RunError> for ApiError {
                 step,
             },
             RunError::ShuttingDown => ApiError::ShuttingDown,
+            RunError::Internal(reason) => ApiError::Internal(reason.into()),
             RunError::Store(e) => e.into(),
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{Method, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get, post};
@@ -35,6 +35,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/{flow}/retry/{flow_id}/{step}", post(retry))
         .route("/api/v1/{flow}/flows/{flow_id}", delete(cancel))
         .route("/api/v1/flows", get(list_flows))
+        .route("/api/v1/cache", delete(invalidate_cache))
         .route("/api/v1/plugins", get(list_plugins))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -239,6 +240,7 @@ fn flow_view(def: &FlowDefinition, state: &FlowState, with_step_data: bool) -> V
         "flow_id": state.flow_id,
         "flow_name": state.flow_name,
         "status": state.status,
+        "cached": state.metadata.get("flow_cache").is_some_and(|v| v == "hit"),
         "outputs": state.outputs,
         "error": state.error,
         "current_step": state.current_step,
@@ -252,6 +254,36 @@ fn flow_view(def: &FlowDefinition, state: &FlowState, with_step_data: bool) -> V
         view["inputs"] = state.inputs.clone();
     }
     view
+}
+
+/// Exactly one of the three selects what to remove.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidateQuery {
+    plugin: Option<String>,
+    flow: Option<String>,
+    key: Option<String>,
+}
+
+async fn invalidate_cache(
+    State(app): AppState,
+    query: Result<Query<InvalidateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::cache::Invalidate;
+    let usage = "give exactly one of ?plugin=NAME, ?flow=NAME or ?key=KEY";
+    let Query(q) = query.map_err(|e| ApiError::BadBody(format!("{e}; {usage}")))?;
+    let what = match (q.plugin, q.flow, q.key) {
+        (Some(p), None, None) => Invalidate::Plugin(p),
+        (None, Some(f), None) => Invalidate::Flow(f),
+        (None, None, Some(k)) => Invalidate::Key(k),
+        _ => return Err(ApiError::BadBody(usage.into())),
+    };
+    let removed = app
+        .runner
+        .invalidate_cache(&what)
+        .await
+        .map_err(ApiError::CacheUnavailable)?;
+    Ok(Json(json!({ "removed": removed })))
 }
 
 async fn list_flows(State(app): AppState) -> Json<Value> {

@@ -96,6 +96,38 @@ struct RawFlow {
     steps: Vec<RawStep>,
     #[serde(default)]
     outputs: Map<String, Value>,
+    #[serde(default)]
+    cache: FlowCacheSpec,
+}
+
+/// A flow's cache settings: defaults for its steps, and whether a repeat run
+/// with the same inputs returns the stored result of the whole flow.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowCacheSpec {
+    /// `false` turns caching off for every step of the flow.
+    pub enabled: Option<bool>,
+    pub ttl_seconds: Option<u64>,
+    #[serde(default)]
+    pub flow_result: bool,
+}
+
+/// A step's cache settings: `cache: false`, or `cache: {ttl_seconds, force}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    pub enabled: Option<bool>,
+    pub ttl_seconds: Option<u64>,
+    /// Cache even though the plugin says it is not deterministic.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawCache {
+    Switch(bool),
+    Spec(CacheSpec),
 }
 
 #[derive(Deserialize)]
@@ -113,6 +145,8 @@ struct RawStep {
     timeout_ms: Option<u64>,
     #[serde(default)]
     retry: Option<RetrySpec>,
+    #[serde(default)]
+    cache: Option<RawCache>,
 }
 
 /// A step's retry policy as written in the flow file; keys left out take the
@@ -138,6 +172,7 @@ pub struct StepDef {
     pub depends_on: BTreeSet<String>,
     pub timeout: Option<Duration>,
     pub retry: RetrySpec,
+    pub cache: CacheSpec,
 }
 
 /// A validated flow: its steps form a DAG over plugins that exist.
@@ -149,6 +184,7 @@ pub struct FlowDefinition {
     /// In file order.
     pub steps: Vec<StepDef>,
     pub outputs: Template,
+    pub cache: FlowCacheSpec,
     /// blake3 of the file's bytes, hex.
     pub hash: String,
     pub file: PathBuf,
@@ -279,6 +315,14 @@ impl FlowDefinition {
                 depends_on,
                 timeout: raw_step.timeout_ms.map(Duration::from_millis),
                 retry,
+                cache: match &raw_step.cache {
+                    None => CacheSpec::default(),
+                    Some(RawCache::Switch(on)) => CacheSpec {
+                        enabled: Some(*on),
+                        ..CacheSpec::default()
+                    },
+                    Some(RawCache::Spec(spec)) => spec.clone(),
+                },
             });
         }
         let outputs = match Template::parse(&Value::Object(raw.outputs.clone())) {
@@ -318,6 +362,7 @@ impl FlowDefinition {
             inputs: raw.inputs,
             steps,
             outputs,
+            cache: raw.cache,
             hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
             file: file.to_owned(),
         })
@@ -580,6 +625,33 @@ mod tests {
         assert!(messages("name: [")[0].starts_with("flows/t.yaml: invalid YAML"));
         let m = messages("name: t\nsteps:\n  - name: a\n    plugin: upper\n    inptu: {}\n");
         assert!(m[0].contains("inptu"), "{m:?}");
+    }
+
+    #[test]
+    fn cache_settings_accept_a_switch_or_a_mapping() {
+        let def = parse("name: t\ncache: {ttl_seconds: 60, flow_result: true}\nsteps:\n  - name: a\n    plugin: upper\n    cache: false\n  - name: b\n    plugin: upper\n    cache: {ttl_seconds: 5, force: true}\n  - name: c\n    plugin: upper\n").unwrap();
+        assert_eq!(
+            def.cache,
+            FlowCacheSpec {
+                enabled: None,
+                ttl_seconds: Some(60),
+                flow_result: true
+            }
+        );
+        assert_eq!(def.steps[0].cache.enabled, Some(false));
+        assert_eq!(
+            def.steps[1].cache,
+            CacheSpec {
+                enabled: None,
+                ttl_seconds: Some(5),
+                force: true
+            }
+        );
+        assert_eq!(def.steps[2].cache, CacheSpec::default());
+        assert!(
+            parse("name: t\nsteps:\n  - name: a\n    plugin: upper\n    cache: {ttl: 5}\n")
+                .is_err()
+        );
     }
 
     #[test]

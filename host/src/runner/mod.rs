@@ -12,6 +12,7 @@
 mod retry;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use retry::RetryPolicy;
 
-use crate::flow::{FlowCatalog, FlowDefinition, Scope};
-use crate::metrics::{FlowLabel, FlowOutcome, Metrics, StepLabel, StepOutcome};
-use crate::plugin::{Call, PluginError, PluginHost};
+use crate::cache::{self, CachedResult, Flight, Leader, ResultCache, SingleFlight};
+use crate::flow::{FlowCatalog, FlowDefinition, Scope, StepDef};
+use crate::metrics::{FlowLabel, FlowOutcome, Metrics, PluginLabel, StepLabel, StepOutcome};
+use crate::plugin::{CONTRACT_VERSION, Call, PluginError, PluginHost, PluginMeta};
 use crate::state::{
     FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, ListFilter, StateStore, StepStatus,
     StoreError,
@@ -38,6 +40,22 @@ pub struct RunnerConfig {
     pub step_timeout: Duration,
     /// Used for what a step's `retry` does not set.
     pub retry: RetryPolicy,
+    pub cache: CacheSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    /// Used when neither the flow nor the step sets `ttl_seconds`.
+    pub ttl: Duration,
+    /// Longest wait for another flow computing the same key.
+    pub single_flight_wait: Duration,
+}
+
+/// How one step uses the cache.
+struct CachePlan {
+    key: String,
+    ttl: Duration,
 }
 
 /// Who runs a flow and under which id.
@@ -71,6 +89,8 @@ pub enum RunError {
     ShuttingDown,
     #[error("cannot record the flow: {0}")]
     Store(#[source] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Cheap to clone: one `Arc` inside.
@@ -83,6 +103,8 @@ struct Inner {
     plugins: Arc<PluginHost>,
     flows: Arc<FlowCatalog>,
     store: Arc<dyn StateStore>,
+    cache: Arc<dyn ResultCache>,
+    single_flight: SingleFlight,
     metrics: Arc<Metrics>,
     config: RunnerConfig,
     /// Flows executing in this process.
@@ -128,6 +150,7 @@ impl FlowRunner {
         plugins: Arc<PluginHost>,
         flows: Arc<FlowCatalog>,
         store: Arc<dyn StateStore>,
+        cache: Arc<dyn ResultCache>,
         metrics: Arc<Metrics>,
         config: RunnerConfig,
     ) -> Self {
@@ -136,6 +159,8 @@ impl FlowRunner {
                 plugins,
                 flows,
                 store,
+                cache,
+                single_flight: SingleFlight::new(),
                 metrics,
                 config,
                 active: Mutex::new(HashMap::new()),
@@ -183,9 +208,31 @@ impl FlowRunner {
         })
     }
 
+    /// Runs `work` in a task of its own, so that a caller that goes away (an
+    /// HTTP client disconnecting) cannot abort a flow half-way.
+    async fn detached<T, F>(&self, work: impl FnOnce(FlowRunner) -> F) -> Result<T, RunError>
+    where
+        F: Future<Output = Result<T, RunError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(work(self.clone()))
+            .await
+            .map_err(|e| RunError::Internal(e.to_string()))?
+    }
+
     /// Runs a new flow to its end and returns its final state. Step failures
     /// are part of the state (status `failed`), not an `Err`.
     pub async fn execute(
+        &self,
+        def: Arc<FlowDefinition>,
+        inputs: Map<String, Value>,
+        ctx: FlowContext,
+    ) -> Result<FlowState, RunError> {
+        self.detached(|r| async move { r.execute_here(def, inputs, ctx).await })
+            .await
+    }
+
+    async fn execute_here(
         &self,
         def: Arc<FlowDefinition>,
         inputs: Map<String, Value>,
@@ -224,22 +271,231 @@ impl FlowRunner {
         // The store may have fallen back to memory while creating the flow.
         let backend = self.inner.store.backend();
         state.metadata.insert("state_store".into(), backend.into());
-        if backend == "memory" && self.inner.metrics.degraded.get() == 1 {
+        let degraded = self.inner.store.degraded();
+        self.inner.metrics.degraded.set(i64::from(degraded));
+        if degraded {
             state.metadata.insert("degraded".into(), true.into());
         }
+        let flow_key = self.flow_cache_key(&def, &state.inputs);
+        if let Some(key) = &flow_key {
+            if let Some(hit) = self.flow_cache_hit(&def, &mut state, key).await {
+                return Ok(hit);
+            }
+            self.inner
+                .metrics
+                .flow_cache_misses
+                .get_or_create(&FlowLabel {
+                    flow: def.name.clone(),
+                })
+                .inc();
+        }
         let first = def.steps.iter().map(|s| (s.name.clone(), 1)).collect();
-        Ok(self.drive(&def, state, first, &guard.entry).await)
+        let state = self.drive(&def, state, first, &guard.entry).await;
+        if let (Some(key), FlowStatus::Completed) = (flow_key, state.status) {
+            let steps: Map<String, Value> = state
+                .steps
+                .iter()
+                .filter_map(|(name, s)| Some((name.clone(), s.outputs.clone()?)))
+                .collect();
+            let entry = CachedResult {
+                key,
+                plugin: String::new(),
+                flow: def.name.clone(),
+                step: String::new(),
+                output: serde_json::json!({ "outputs": state.outputs, "steps": steps }),
+                stored_at: Utc::now(),
+            };
+            if let Err(e) = self.inner.cache.put(&entry, self.flow_ttl(&def)).await {
+                self.inner.metrics.cache_errors.inc();
+                tracing::warn!(error = %e, "cannot store the flow result");
+            }
+        }
+        Ok(state)
+    }
+
+    /// Removes cached results; returns how many there were.
+    pub async fn invalidate_cache(
+        &self,
+        what: &cache::Invalidate,
+    ) -> Result<u64, cache::CacheError> {
+        let removed = self.inner.cache.invalidate(what).await?;
+        self.inner
+            .metrics
+            .cache_invalidations
+            .get_or_create(&crate::metrics::ByLabel {
+                by: what.label().into(),
+            })
+            .inc_by(removed);
+        tracing::info!(by = what.label(), removed, "cache invalidated");
+        Ok(removed)
+    }
+
+    fn flow_ttl(&self, def: &FlowDefinition) -> Duration {
+        def.cache
+            .ttl_seconds
+            .map_or(self.inner.config.cache.ttl, Duration::from_secs)
+    }
+
+    /// The whole-flow key, when the flow asks for whole-flow caching.
+    fn flow_cache_key(&self, def: &FlowDefinition, inputs: &Value) -> Option<String> {
+        if !(self.inner.config.cache.enabled && def.cache.flow_result)
+            || def.cache.enabled == Some(false)
+        {
+            return None;
+        }
+        let hashes: Vec<(&str, &str)> = def
+            .steps
+            .iter()
+            .map(|s| {
+                let hash = self
+                    .inner
+                    .plugins
+                    .get(&s.plugin)
+                    .map_or("", |p| p.meta.hash.as_str());
+                (s.name.as_str(), hash)
+            })
+            .collect();
+        Some(cache::flow_key(&def.hash, &hashes, inputs))
+    }
+
+    /// Completes `state` from a stored whole-flow result, if there is one.
+    async fn flow_cache_hit(
+        &self,
+        def: &FlowDefinition,
+        state: &mut FlowState,
+        key: &str,
+    ) -> Option<FlowState> {
+        let clock = Instant::now();
+        let entry = match self.inner.cache.get(key).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return None,
+            Err(e) => {
+                self.inner.metrics.cache_errors.inc();
+                tracing::warn!(error = %e, "flow cache unavailable; running the flow");
+                return None;
+            }
+        };
+        let now = Utc::now();
+        for (name, st) in state.steps.iter_mut() {
+            st.status = StepStatus::Completed;
+            st.cached = true;
+            st.cache_key = Some(key.to_owned());
+            st.started_at = Some(now);
+            st.completed_at = Some(now);
+            st.execution_time = Some(0.0);
+            st.outputs = entry.output["steps"].get(name).cloned();
+        }
+        state.status = FlowStatus::Completed;
+        state.outputs = entry.output.get("outputs").cloned();
+        state.completed_at = Some(now);
+        state.total_execution_time = Some(clock.elapsed().as_secs_f64());
+        state.metadata.insert("flow_cache".into(), "hit".into());
+        state.metadata.insert("cache_key".into(), key.into());
+        let m = &self.inner.metrics;
+        m.flow_cache_hits
+            .get_or_create(&FlowLabel {
+                flow: def.name.clone(),
+            })
+            .inc();
+        // The run is recorded like any other, already completed.
+        let patch = FlowPatch {
+            status: Some(FlowStatus::Completed),
+            completed_at: state.completed_at,
+            total_execution_time: state.total_execution_time,
+            outputs: state.outputs.clone(),
+            metadata: Some(state.metadata.clone()),
+            ..FlowPatch::default()
+        };
+        for st in state.steps.values() {
+            let r = self
+                .inner
+                .store
+                .save_step(state.flow_id, st, &FlowPatch::default())
+                .await;
+            self.record(state.flow_id, r);
+        }
+        let r = self.inner.store.update_flow(state.flow_id, &patch).await;
+        self.record(state.flow_id, r);
+        self.count_finished(state, clock.elapsed().as_secs_f64());
+        Some(state.clone())
+    }
+
+    /// Whether and how a step uses the cache: on unless turned off by the
+    /// configuration, the flow or the step; only for a deterministic plugin
+    /// unless the step forces it.
+    fn cache_plan(
+        &self,
+        def: &FlowDefinition,
+        step: &StepDef,
+        plugin: &PluginMeta,
+        input: &Value,
+    ) -> Option<CachePlan> {
+        let settings = &self.inner.config.cache;
+        let on = settings.enabled
+            && def.cache.enabled != Some(false)
+            && step.cache.enabled != Some(false)
+            && (plugin.deterministic || step.cache.force);
+        on.then(|| CachePlan {
+            key: cache::step_key(&plugin.hash, CONTRACT_VERSION, &step.config, input),
+            ttl: step
+                .cache
+                .ttl_seconds
+                .or(def.cache.ttl_seconds)
+                .map_or(settings.ttl, Duration::from_secs),
+        })
+    }
+
+    /// Looks a key up; on a miss, either leads its computation or waits
+    /// (bounded) for the flow that does. `Ok` is a hit.
+    async fn cache_lookup(&self, plan: &CachePlan, plugin: &str) -> Result<Value, Option<Leader>> {
+        let m = &self.inner.metrics;
+        let label = PluginLabel {
+            plugin: plugin.to_owned(),
+        };
+        match self.inner.cache.get(&plan.key).await {
+            Ok(Some(entry)) => {
+                m.cache_hits.get_or_create(&label).inc();
+                return Ok(entry.output);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                m.cache_errors.inc();
+                tracing::warn!(error = %e, "cache unavailable; running the step");
+            }
+        }
+        match self.inner.single_flight.join(&plan.key) {
+            Flight::Leader(leader) => {
+                m.cache_misses.get_or_create(&label).inc();
+                Err(Some(leader))
+            }
+            Flight::Follower(rx) => {
+                m.cache_single_flight_waits.get_or_create(&label).inc();
+                match cache::wait(rx, self.inner.config.cache.single_flight_wait).await {
+                    Some(output) => {
+                        m.cache_hits.get_or_create(&label).inc();
+                        Ok(output)
+                    }
+                    None => {
+                        m.cache_misses.get_or_create(&label).inc();
+                        Err(None)
+                    }
+                }
+            }
+        }
     }
 
     /// Continues a failed, paused or interrupted flow from the steps that did
     /// not complete. Completed steps keep their state and output.
     pub async fn resume_flow(&self, id: FlowId) -> Result<FlowState, RunError> {
-        self.restart(id, None).await
+        self.detached(|r| async move { r.restart(id, None).await })
+            .await
     }
 
     /// Resets one failed step and continues the flow from it.
     pub async fn retry_step(&self, id: FlowId, step: &str) -> Result<FlowState, RunError> {
-        self.restart(id, Some(step)).await
+        let step = step.to_owned();
+        self.detached(|r| async move { r.restart(id, Some(&step)).await })
+            .await
     }
 
     async fn restart(&self, id: FlowId, only_step: Option<&str>) -> Result<FlowState, RunError> {
@@ -346,21 +602,39 @@ impl FlowRunner {
     /// tick) and starts no more; a stopped one is marked cancelled. Returns
     /// the state it was left in.
     pub async fn cancel_flow(&self, id: FlowId) -> Result<FlowState, RunError> {
+        self.detached(|r| async move { r.cancel_here(id).await })
+            .await
+    }
+
+    async fn cancel_here(&self, id: FlowId) -> Result<FlowState, RunError> {
         let active = self.lock_active().get(&id).cloned();
         if let Some(active) = active {
             let mut finished = active.finished.subscribe();
             active.cancelled.store(true, Ordering::SeqCst);
             active.stop.cancel();
             // The driver records the final state, then flips `finished`.
-            let _ = tokio::time::timeout(Duration::from_secs(10), finished.wait_for(|f| *f)).await;
-            return self
+            let stopped = tokio::time::timeout(Duration::from_secs(10), finished.wait_for(|f| *f))
+                .await
+                .is_ok();
+            let state = self
                 .inner
                 .store
                 .get_flow(id)
                 .await
                 .map_err(RunError::Store)?
-                .ok_or(RunError::NotFound(id));
+                .ok_or(RunError::NotFound(id))?;
+            return match (stopped, state.status) {
+                (true, FlowStatus::Cancelled) => Ok(state),
+                (true, status) => Err(RunError::Conflict(format!(
+                    "flow {id} ended {status} before the cancel took effect"
+                ))),
+                (false, _) => Err(RunError::Internal(format!(
+                    "flow {id} did not stop within 10 s of the cancel"
+                ))),
+            };
         }
+        // Claim the flow so that a resume cannot start it meanwhile.
+        let _guard = self.activate(id)?;
         let mut state = self
             .inner
             .store
@@ -481,7 +755,12 @@ impl FlowRunner {
             .steps
             .values()
             .filter(|s| s.status == StepStatus::Completed)
-            .filter_map(|s| Some((s.step_name.clone(), s.outputs.clone()?)))
+            .map(|s| {
+                (
+                    s.step_name.clone(),
+                    s.outputs.clone().unwrap_or(Value::Null),
+                )
+            })
             .collect();
         let mut done: BTreeSet<String> = outputs.keys().cloned().collect();
         let mut launched: HashSet<String> = HashSet::new();
@@ -548,9 +827,8 @@ impl FlowRunner {
             match step_state.status {
                 StepStatus::Completed => {
                     done.insert(step_state.step_name.clone());
-                    if let Some(out) = &step_state.outputs {
-                        outputs.insert(step_state.step_name.clone(), out.clone());
-                    }
+                    let out = step_state.outputs.clone().unwrap_or(Value::Null);
+                    outputs.insert(step_state.step_name.clone(), out);
                 }
                 StepStatus::Failed if failure.is_none() => {
                     failure = Some(format!(
@@ -569,7 +847,7 @@ impl FlowRunner {
             && let Some(s) = state
                 .steps
                 .values()
-                .find(|s| s.status == StepStatus::Failed)
+                .find(|s| s.status == StepStatus::Failed && def.step(&s.step_name).is_some())
         {
             failure = Some(format!(
                 "step `{}` failed: {}",
@@ -672,8 +950,36 @@ impl FlowRunner {
         };
         let id = flow_id.to_string();
         let mut st = FlowStepState::pending(&step.name);
-        st.inputs = Some(input);
         st.attempt = first_attempt;
+        let plugin = self.inner.plugins.get(&step.plugin).cloned();
+        let plan = plugin
+            .as_ref()
+            .and_then(|p| self.cache_plan(def, step, &p.meta, &input));
+        st.inputs = Some(input);
+        let mut leader = None;
+        if let Some(plan) = &plan {
+            st.cache_key = Some(plan.key.clone());
+            let clock = Instant::now();
+            match self.cache_lookup(plan, &step.plugin).await {
+                Ok(output) => {
+                    let now = Utc::now();
+                    st.status = StepStatus::Completed;
+                    st.cached = true;
+                    st.outputs = Some(output);
+                    st.started_at = Some(now);
+                    st.completed_at = Some(now);
+                    st.execution_time = Some(clock.elapsed().as_secs_f64());
+                    let patch = FlowPatch {
+                        current_step: Some(step.name.clone()),
+                        ..FlowPatch::default()
+                    };
+                    let r = store.save_step(flow_id, &st, &patch).await;
+                    self.record(flow_id, r);
+                    return st;
+                }
+                Err(lead) => leader = lead,
+            }
+        }
         let mut tries = 0;
         loop {
             tries += 1;
@@ -689,7 +995,7 @@ impl FlowRunner {
             self.record(flow_id, r);
 
             let clock = Instant::now();
-            let result = match self.inner.plugins.get(&step.plugin) {
+            let result = match &plugin {
                 Some(plugin) => {
                     let call = Call {
                         flow_id: &id,
@@ -756,6 +1062,34 @@ impl FlowRunner {
                 })
                 .inc();
             m.step_duration.get_or_create(&labels).observe(elapsed);
+            if outcome == "completed"
+                && let (Some(plan), Some(output)) = (&plan, &st.outputs)
+            {
+                let entry = CachedResult {
+                    key: plan.key.clone(),
+                    plugin: step.plugin.clone(),
+                    flow: def.name.clone(),
+                    step: step.name.clone(),
+                    output: output.clone(),
+                    stored_at: Utc::now(),
+                };
+                match self.inner.cache.put(&entry, plan.ttl).await {
+                    Ok(()) => {
+                        m.cache_stores
+                            .get_or_create(&PluginLabel {
+                                plugin: step.plugin.clone(),
+                            })
+                            .inc();
+                    }
+                    Err(e) => {
+                        m.cache_errors.inc();
+                        tracing::warn!(error = %e, "cannot store the step result");
+                    }
+                }
+                if let Some(leader) = leader.take() {
+                    leader.finish(Some(output.clone()));
+                }
+            }
             if outcome != "retrying" {
                 return st;
             }

@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
+
 use super::{
     FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, MemoryStore, RedisStore,
     RedisStoreConfig, StateStore, StoreError,
@@ -159,6 +161,10 @@ enum Owner {
 #[async_trait]
 impl StateStore for FallbackStore {
     async fn create_flow(&self, flow: &FlowState) -> Result<(), StoreError> {
+        // Writes go to memory whenever it holds the id: never create a twin.
+        if self.memory.contains(flow.flow_id) {
+            return Err(StoreError::AlreadyExists(flow.flow_id));
+        }
         if let Some(redis) = self.healthy() {
             match redis.create_flow(flow).await {
                 Err(e @ StoreError::Unavailable(_)) => self.mark_unreachable(&e),
@@ -230,5 +236,34 @@ impl StateStore for FallbackStore {
         } else {
             "memory"
         }
+    }
+    fn degraded(&self) -> bool {
+        self.is_degraded()
+    }
+}
+
+/// Results go where new flows go: Redis while it is healthy, memory otherwise.
+#[async_trait]
+impl ResultCache for FallbackStore {
+    async fn get(&self, key: &str) -> Result<Option<CachedResult>, CacheError> {
+        match self.healthy() {
+            Some(redis) => ResultCache::get(&redis, key).await,
+            None => ResultCache::get(&self.memory, key).await,
+        }
+    }
+
+    async fn put(&self, entry: &CachedResult, ttl: Duration) -> Result<(), CacheError> {
+        match self.healthy() {
+            Some(redis) => redis.put(entry, ttl).await,
+            None => self.memory.put(entry, ttl).await,
+        }
+    }
+
+    async fn invalidate(&self, what: &Invalidate) -> Result<u64, CacheError> {
+        let mut removed = self.memory.invalidate(what).await?;
+        if let Some(redis) = self.current() {
+            removed += redis.invalidate(what).await?;
+        }
+        Ok(removed)
     }
 }

@@ -5,7 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
 
 use super::{
     FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, StateStore, StoreError,
@@ -14,6 +19,9 @@ use super::{
 #[derive(Default)]
 pub struct MemoryStore {
     flows: Mutex<HashMap<FlowId, FlowState>>,
+    /// Cached results with the (tokio) instant they expire.
+    results: Mutex<HashMap<String, (CachedResult, Instant)>>,
+    puts: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
@@ -86,5 +94,47 @@ impl StateStore for MemoryStore {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[async_trait]
+impl ResultCache for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<CachedResult>, CacheError> {
+        let mut results = self.results.lock().unwrap_or_else(|e| e.into_inner());
+        match results.get(key) {
+            Some((entry, expires)) if *expires > Instant::now() => Ok(Some(entry.clone())),
+            Some(_) => {
+                results.remove(key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn put(&self, entry: &CachedResult, ttl: Duration) -> Result<(), CacheError> {
+        let mut results = self.results.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // Expired entries are swept every 256 writes, so the map does not
+        // grow without bound and a write stays cheap.
+        if self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256 == 255 {
+            results.retain(|_, (_, expires)| *expires > now);
+        }
+        results.insert(entry.key.clone(), (entry.clone(), now + ttl));
+        Ok(())
+    }
+
+    async fn invalidate(&self, what: &Invalidate) -> Result<u64, CacheError> {
+        let mut results = self.results.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let before = results.values().filter(|(_, x)| *x > now).count();
+        results.retain(|key, (entry, expires)| {
+            *expires > now
+                && !match what {
+                    Invalidate::Key(k) => key == k,
+                    Invalidate::Plugin(p) => entry.plugin == *p,
+                    Invalidate::Flow(f) => entry.flow == *f,
+                }
+        });
+        Ok((before - results.len()) as u64)
     }
 }

@@ -301,4 +301,9 @@ pub trait StateStore: Send + Sync {
     async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError>;
     /// Short name of the backend that serves requests now.
     fn backend(&self) -> &'static str;
+    /// True while the store runs on a fallback instead of its configured
+    /// backend (Redis configured but unreachable).
+    fn degraded(&self) -> bool {
+        false
+    }
 }

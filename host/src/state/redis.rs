@@ -8,6 +8,10 @@
 //! - `P flows:name:NAME`  sorted set of one definition's runs by start time (ms)
 //! - `P flows:status:S`   sorted set of the flows in status S, by the time
 //!   they entered it (ms)
+//! - `P cache:{KEY}`      string, one cached result as JSON, with a TTL (PX)
+//! - `P cache:plugin:NAME`, `P cache:flow:NAME`  sets of the cache keys each
+//!   plugin computed and each flow stored, for invalidation; they expire with
+//!   their longest-lived entry
 //!
 //! One multiplexed connection (`ConnectionManager`) is shared by all requests;
 //! each write is one pipeline, so recording a step costs one round trip.
@@ -21,6 +25,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, RedisError};
 
 use serde_json::{Map, Value};
+
+use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
 
 use super::{
     FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, FlowSummary, ListFilter, StateStore,
@@ -82,6 +88,15 @@ impl Keys {
     fn by_status(&self, status: FlowStatus) -> String {
         format!("{}flows:status:{status}", self.prefix)
     }
+    fn result(&self, key: &str) -> String {
+        format!("{}cache:{{{key}}}", self.prefix)
+    }
+    fn results_of_plugin(&self, plugin: &str) -> String {
+        format!("{}cache:plugin:{plugin}", self.prefix)
+    }
+    fn results_of_flow(&self, flow: &str) -> String {
+        format!("{}cache:flow:{flow}", self.prefix)
+    }
 }
 
 impl RedisStore {
@@ -116,6 +131,8 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Runs a pipeline as one MULTI/EXEC: a header field and its status index
+    /// never disagree, and it is still one round trip.
     async fn run(&self, pipe: &Pipeline) -> Result<(), StoreError> {
         pipe.exec_async(&mut self.conn.clone())
             .await
@@ -190,6 +207,7 @@ impl StateStore for RedisStore {
         }
         let started_ms = flow.started_at.timestamp_millis();
         let mut pipe = redis::pipe();
+        pipe.atomic();
         let mut fields = vec![
             ("flow_id", id.to_string()),
             ("flow_name", flow.flow_name.clone()),
@@ -230,6 +248,7 @@ impl StateStore for RedisStore {
         patch: &FlowPatch,
     ) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
+        pipe.atomic();
         pipe.hset(self.keys.steps(id), &step.step_name, encode_step(step)?)
             .ignore();
         self.push_patch(&mut pipe, id, patch);
@@ -241,6 +260,7 @@ impl StateStore for RedisStore {
             return Ok(());
         }
         let mut pipe = redis::pipe();
+        pipe.atomic();
         self.push_patch(&mut pipe, id, patch);
         self.run(&pipe).await
     }
@@ -266,7 +286,7 @@ impl StateStore for RedisStore {
         };
         let mut out = Vec::new();
         let mut offset = 0isize;
-        let page = filter.limit.max(1) as isize;
+        let page = filter.limit.clamp(1, 1000) as isize;
         // Page through the index newest first; a name filter on a status
         // index drops lines, so keep reading until the limit is reached.
         while out.len() < filter.limit {
@@ -456,4 +476,89 @@ fn decode_summary(id: FlowId, row: Vec<Option<String>>) -> Result<Option<FlowSum
             .map(|s| parse_f64(id, "total_execution_time", &s))
             .transpose()?,
     }))
+}
+
+fn cache_unavailable(e: RedisError) -> CacheError {
+    CacheError::Unavailable(Box::new(e))
+}
+
+impl RedisStore {
+    /// Deletes the entries named in an index set, then the set; returns how
+    /// many entries existed.
+    async fn invalidate_set(&self, set: &str) -> Result<u64, CacheError> {
+        let keys: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(set)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cache_unavailable)?;
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            // One DEL per entry: on a cluster the entries live on many slots.
+            pipe.del(self.keys.result(key));
+        }
+        pipe.del(set).ignore();
+        let removed: Vec<u64> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cache_unavailable)?;
+        Ok(removed.iter().sum())
+    }
+}
+
+#[async_trait]
+impl ResultCache for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<CachedResult>, CacheError> {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(self.keys.result(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cache_unavailable)?;
+        raw.map(|r| {
+            serde_json::from_str(&r).map_err(|e| CacheError::Corrupt {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn put(&self, entry: &CachedResult, ttl: Duration) -> Result<(), CacheError> {
+        let json = serde_json::to_string(entry).map_err(|e| CacheError::Corrupt {
+            key: entry.key.clone(),
+            reason: e.to_string(),
+        })?;
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.result(&entry.key))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore();
+        let mut sets = vec![self.keys.results_of_flow(&entry.flow)];
+        if !entry.plugin.is_empty() {
+            sets.push(self.keys.results_of_plugin(&entry.plugin));
+        }
+        for set in sets {
+            pipe.sadd(&set, &entry.key).ignore();
+            // NX gives a new set its TTL; GT lengthens it for a longer-lived entry.
+            pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("NX").ignore();
+            pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("GT").ignore();
+        }
+        pipe.exec_async(&mut self.conn.clone())
+            .await
+            .map_err(cache_unavailable)
+    }
+
+    async fn invalidate(&self, what: &Invalidate) -> Result<u64, CacheError> {
+        match what {
+            Invalidate::Key(key) => redis::cmd("DEL")
+                .arg(self.keys.result(key))
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(cache_unavailable),
+            Invalidate::Plugin(p) => self.invalidate_set(&self.keys.results_of_plugin(p)).await,
+            Invalidate::Flow(f) => self.invalidate_set(&self.keys.results_of_flow(f)).await,
+        }
+    }
 }
