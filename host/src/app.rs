@@ -33,7 +33,7 @@ impl App {
     /// degraded. Only an engine that cannot start is an error.
     pub async fn build(config: Config) -> Result<Arc<App>, BuildError> {
         let metrics = Arc::new(Metrics::new());
-        let plugins = Arc::new(Self::load_plugins(&config).await?);
+        let plugins = Arc::new(Self::load_plugins_with(&config, Some(metrics.clone())).await?);
         metrics.plugins_loaded.set(plugins.plugins().count() as i64);
         metrics.plugins_skipped.set(plugins.skipped().len() as i64);
 
@@ -47,13 +47,13 @@ impl App {
 
         let store = match config.redis_url() {
             Some(url) => {
-                let store = FallbackStore::redis(RedisStoreConfig {
+                let redis = RedisStoreConfig {
                     url: url.to_owned(),
                     key_prefix: config.redis.key_prefix.clone(),
                     response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
                     connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
-                })
-                .await;
+                };
+                let store = FallbackStore::redis_with_metrics(redis, metrics.clone()).await;
                 tokio::spawn(
                     store
                         .clone()
@@ -117,12 +117,22 @@ impl App {
 
     /// The plugins folder alone, for `flowhost plugins` and validation.
     pub async fn load_plugins(config: &Config) -> Result<PluginHost, BuildError> {
+        Self::load_plugins_with(config, None).await
+    }
+
+    async fn load_plugins_with(
+        config: &Config,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<PluginHost, BuildError> {
         let mut plugins = PluginHost::new(Limits {
             memory_bytes: config.limits.plugin_memory_bytes,
             max_instances: config.limits.max_instances,
             max_component_bytes: config.limits.max_component_bytes,
         })
         .map_err(BuildError::Engine)?;
+        if let Some(m) = metrics {
+            plugins = plugins.with_metrics(m);
+        }
         plugins.load_dir(&config.plugins_dir).await;
         Ok(plugins)
     }

@@ -4,6 +4,7 @@
 //! The core (`flow`, `runner`, `state` types) names no adapter; `plugin` alone
 //! touches wasmtime, `state::redis` alone knows Redis keys, `api` alone HTTP.
 
+pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod cache;

@@ -36,6 +36,17 @@ pub struct PluginLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrapLabel {
+    pub plugin: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ByLabel {
     pub by: String,
 }
@@ -70,6 +81,11 @@ pub struct Metrics {
     pub flow_cache_hits: Family<FlowLabel, Counter>,
     pub flow_cache_misses: Family<FlowLabel, Counter>,
     pub flows_in_flight: Gauge,
+    pub plugin_compile: HistogramFamily<PluginLabel>,
+    pub plugin_instantiate: HistogramFamily<PluginLabel>,
+    pub plugin_traps: Family<TrapLabel, Counter>,
+    pub redis_duration: HistogramFamily<OpLabel>,
+    pub redis_errors: Family<OpLabel, Counter>,
     pub plugins_loaded: Gauge,
     pub plugins_skipped: Gauge,
     pub state_write_errors: Counter,
@@ -174,6 +190,42 @@ impl Metrics {
             "Flow runs executing in this host now",
             flows_in_flight.clone(),
         );
+        let plugin_compile = HistogramFamily::<PluginLabel>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "flowhost_plugin_compile_seconds",
+            "Time to compile and validate a plugin component at load, by plugin",
+            plugin_compile.clone(),
+        );
+        let plugin_instantiate = HistogramFamily::<PluginLabel>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "flowhost_plugin_instantiate_seconds",
+            "Time to create a fresh sandbox and instance for one step, by plugin",
+            plugin_instantiate.clone(),
+        );
+        let plugin_traps = Family::<TrapLabel, Counter>::default();
+        registry.register(
+            "flowhost_plugin_traps",
+            "Plugin calls stopped by the host, by plugin and kind (wasm trap code, timed_out, interrupted, invalid_output, instantiate)",
+            plugin_traps.clone(),
+        );
+        let redis_duration = HistogramFamily::<OpLabel>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "flowhost_redis_command_duration_seconds",
+            "Latency of state and cache operations sent to Redis (one pipeline each), by operation",
+            redis_duration.clone(),
+        );
+        let redis_errors = Family::<OpLabel, Counter>::default();
+        registry.register(
+            "flowhost_redis_errors",
+            "State and cache operations that failed in Redis, by operation",
+            redis_errors.clone(),
+        );
         let plugins_loaded = Gauge::default();
         registry.register(
             "flowhost_plugins_loaded",
@@ -214,6 +266,11 @@ impl Metrics {
             flow_cache_hits,
             flow_cache_misses,
             flows_in_flight,
+            plugin_compile,
+            plugin_instantiate,
+            plugin_traps,
+            redis_duration,
+            redis_errors,
             plugins_loaded,
             plugins_skipped,
             state_write_errors,

@@ -5,7 +5,6 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::runner::RunError;
 use crate::state::StoreError;
@@ -96,6 +95,18 @@ impl From<RunError> for ApiError {
     }
 }
 
+/// The body of every error response.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and, for a 4xx, what to fix.
+    pub error: String,
+    /// A stable name of the error, such as `invalid_inputs`.
+    pub code: String,
+    /// One line per problem, for `invalid_inputs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Vec<String>>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
@@ -105,10 +116,14 @@ impl IntoResponse for ApiError {
                 .unwrap_or_default();
             tracing::error!(code, %cause, "request failed");
         }
-        let mut body = json!({ "error": self.to_string(), "code": code });
-        if let ApiError::InvalidInputs(problems) = &self {
-            body["details"] = json!(problems);
-        }
+        let body = ErrorBody {
+            error: self.to_string(),
+            code: code.to_owned(),
+            details: match &self {
+                ApiError::InvalidInputs(problems) => Some(problems.clone()),
+                _ => None,
+            },
+        };
         (status, Json(body)).into_response()
     }
 }

@@ -1,47 +1,72 @@
-//! The HTTP API (axum): flow routes, plugin and flow listings, health and
-//! Prometheus metrics. Handlers translate HTTP to `App` calls and back; they
-//! know no Redis key and no wasmtime type.
+//! The HTTP API (axum): flow routes, plugin and flow listings, cache
+//! invalidation, analytics, health and Prometheus metrics, and the OpenAPI
+//! document of them all. Every route is registered through
+//! `utoipa_axum::routes!`, so the document cannot miss one. Handlers translate
+//! HTTP to `App` calls and back; they know no Redis key and no wasmtime type.
 
 mod error;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{Method, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use crate::app::App;
+use crate::cache::Invalidate;
 use crate::flow::FlowDefinition;
-use crate::runner::FlowContext;
-use crate::state::{FlowId, FlowState, RedisHealth, StateStore};
+use crate::runner::{FlowContext, RunError};
+use crate::state::{FlowState, ListFilter, RedisHealth, StateStore};
 
 type AppState = State<Arc<App>>;
 
-pub fn router(app: Arc<App>) -> Router {
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "flowhost",
+    description = "Runs flows of sandboxed WebAssembly executor steps, with state in Redis."
+))]
+struct ApiDoc;
+
+/// The router and the OpenAPI document of every route in it.
+pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
     let body_limit = app.config.limits.max_request_bytes;
-    Router::new()
-        .route("/api/v1/{flow}/execute", post(execute))
-        .route("/api/v1/{flow}/status/{flow_id}", get(status))
-        .route("/api/v1/{flow}/resume/{flow_id}", post(resume))
-        .route("/api/v1/{flow}/retry/{flow_id}/{step}", post(retry))
-        .route("/api/v1/{flow}/flows/{flow_id}", delete(cancel))
-        .route("/api/v1/flows", get(list_flows))
-        .route("/api/v1/cache", delete(invalidate_cache))
-        .route("/api/v1/plugins", get(list_plugins))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(execute))
+        .routes(routes!(status))
+        .routes(routes!(resume))
+        .routes(routes!(retry))
+        .routes(routes!(cancel))
+        .routes(routes!(analytics))
+        .routes(routes!(list_flows))
+        .routes(routes!(list_plugins))
+        .routes(routes!(invalidate_cache))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+        .with_state(app)
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    let router = router
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(app)
+        .layer(Extension(Arc::new(doc.clone())));
+    (router, doc)
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    router_and_openapi(app).0
 }
 
 /// Serves `app` on an already bound listener until `shutdown` resolves.
@@ -57,15 +82,70 @@ pub async fn serve(
 
 /// The body of `execute`: the flow's inputs, and optionally its id and
 /// metadata to record with it.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExecuteRequest {
+    /// The flow's inputs, by name.
     #[serde(default)]
+    #[schema(value_type = Object)]
     inputs: Map<String, Value>,
+    /// A UUID for the run; one is generated when absent.
     #[serde(default)]
     flow_id: Option<String>,
+    /// Recorded with the run.
     #[serde(default)]
+    #[schema(value_type = Object)]
     metadata: Map<String, Value>,
+}
+
+/// One step of a run.
+#[derive(Serialize, ToSchema)]
+struct StepView {
+    step_name: String,
+    plugin: String,
+    /// pending, running, completed, failed or cancelled.
+    status: String,
+    started_at: Option<DateTime<Utc>>,
+    completed_at: Option<DateTime<Utc>>,
+    /// Seconds.
+    execution_time: Option<f64>,
+    attempt: u32,
+    /// Served from the result cache, without running the plugin.
+    cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_key: Option<String>,
+    error: Option<String>,
+    /// The step's resolved input (status route only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<Value>,
+    /// The step's output (status route only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<Value>,
+}
+
+/// A flow run.
+#[derive(Serialize, ToSchema)]
+struct FlowRunView {
+    flow_id: String,
+    flow_name: String,
+    /// pending, running, completed, failed, paused or cancelled.
+    status: String,
+    /// Answered from the whole-flow result cache.
+    cached: bool,
+    outputs: Option<Value>,
+    error: Option<String>,
+    current_step: Option<String>,
+    started_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+    /// Seconds from start to finish.
+    total_execution_time: Option<f64>,
+    /// In definition order.
+    steps: Vec<StepView>,
+    #[schema(value_type = Object)]
+    metadata: Map<String, Value>,
+    /// The run's inputs (status route only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<Value>,
 }
 
 fn flow_def(app: &App, name: &str) -> Result<Arc<FlowDefinition>, ApiError> {
@@ -78,18 +158,107 @@ fn flow_def(app: &App, name: &str) -> Result<Arc<FlowDefinition>, ApiError> {
         })
 }
 
-fn parse_flow_id(raw: &str) -> Result<FlowId, ApiError> {
-    raw.parse().map_err(|_| ApiError::BadFlowId(raw.to_owned()))
+/// The stored run `raw_id` of flow `flow`, or 404.
+async fn stored_run(
+    app: &App,
+    flow: &str,
+    raw_id: &str,
+) -> Result<(Arc<FlowDefinition>, FlowState), ApiError> {
+    let def = flow_def(app, flow)?;
+    let id = raw_id
+        .parse()
+        .map_err(|_| ApiError::BadFlowId(raw_id.to_owned()))?;
+    let not_found = || ApiError::RunNotFound {
+        flow: flow.to_owned(),
+        id: raw_id.to_owned(),
+    };
+    let state = app.store.get_flow(id).await?.ok_or_else(not_found)?;
+    if state.flow_name != def.name {
+        return Err(not_found());
+    }
+    Ok((def, state))
 }
 
+/// Fills the flow and step names that the runner does not know into errors.
+fn in_flow(flow: &str, raw_id: &str, e: RunError) -> ApiError {
+    match ApiError::from(e) {
+        ApiError::RunNotFound { .. } => ApiError::RunNotFound {
+            flow: flow.to_owned(),
+            id: raw_id.to_owned(),
+        },
+        ApiError::UnknownStep { step, .. } => ApiError::UnknownStep {
+            flow: flow.to_owned(),
+            step,
+        },
+        other => other,
+    }
+}
+
+/// A run as the API shows it: steps in definition order, with their inputs
+/// and outputs when `with_step_data`.
+fn flow_view(def: &FlowDefinition, state: &FlowState, with_step_data: bool) -> FlowRunView {
+    let steps = def
+        .steps
+        .iter()
+        .filter_map(|s| {
+            let st = state.steps.get(&s.name)?;
+            Some(StepView {
+                step_name: st.step_name.clone(),
+                plugin: s.plugin.clone(),
+                status: st.status.to_string(),
+                started_at: st.started_at,
+                completed_at: st.completed_at,
+                execution_time: st.execution_time,
+                attempt: st.attempt,
+                cached: st.cached,
+                cache_key: st.cache_key.clone(),
+                error: st.error.clone(),
+                inputs: st.inputs.clone().filter(|_| with_step_data),
+                outputs: st.outputs.clone().filter(|_| with_step_data),
+            })
+        })
+        .collect();
+    FlowRunView {
+        flow_id: state.flow_id.to_string(),
+        flow_name: state.flow_name.clone(),
+        status: state.status.to_string(),
+        cached: state.metadata.get("flow_cache").is_some_and(|v| v == "hit"),
+        outputs: state.outputs.clone(),
+        error: state.error.clone(),
+        current_step: state.current_step.clone(),
+        started_at: state.started_at,
+        completed_at: state.completed_at,
+        total_execution_time: state.total_execution_time,
+        steps,
+        metadata: state.metadata.clone(),
+        inputs: with_step_data.then(|| state.inputs.clone()),
+    }
+}
+
+/// Run a flow and wait for its end.
+///
+/// The body is read as JSON whatever its Content-Type, so a plain `curl -d`
+/// works. A plugin failure gives a `failed` run, not an HTTP error.
+#[utoipa::path(
+    post,
+    path = "/api/v1/{flow}/execute",
+    params(("flow" = String, Path, description = "The flow's name")),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 200, description = "The run ended: completed, failed, paused or cancelled", body = FlowRunView),
+        (status = 400, description = "Malformed body or flow id", body = ErrorBody),
+        (status = 404, description = "Unknown flow", body = ErrorBody),
+        (status = 409, description = "flow_id already used", body = ErrorBody),
+        (status = 422, description = "Inputs that do not match the flow's declaration", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the state store is unavailable", body = ErrorBody),
+    )
+)]
 async fn execute(
     State(app): AppState,
     Path(flow): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FlowRunView>, ApiError> {
     let def = flow_def(&app, &flow)?;
-    // The body is read as JSON whatever its Content-Type, so that a plain
-    // `curl -d` works.
     let request: ExecuteRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ExecuteRequest {
             inputs: Map::new(),
@@ -105,59 +274,48 @@ async fn execute(
     };
     let mut ctx = FlowContext::new();
     if let Some(raw) = &request.flow_id {
-        ctx.flow_id = parse_flow_id(raw)?;
+        ctx.flow_id = raw.parse().map_err(|_| ApiError::BadFlowId(raw.clone()))?;
     }
     ctx.metadata = request.metadata;
     let state = app.runner.execute(def.clone(), request.inputs, ctx).await?;
     Ok(Json(flow_view(&def, &state, false)))
 }
 
+/// A run's state, with every step's inputs and outputs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/{flow}/status/{flow_id}",
+    params(("flow" = String, Path), ("flow_id" = String, Path, description = "The run's UUID")),
+    responses(
+        (status = 200, body = FlowRunView),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
+        (status = 404, description = "Unknown flow or run", body = ErrorBody),
+    )
+)]
 async fn status(
     State(app): AppState,
     Path((flow, raw_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FlowRunView>, ApiError> {
     let (def, state) = stored_run(&app, &flow, &raw_id).await?;
     Ok(Json(flow_view(&def, &state, true)))
 }
 
-/// The stored run `raw_id` of flow `flow`, or 404.
-async fn stored_run(
-    app: &App,
-    flow: &str,
-    raw_id: &str,
-) -> Result<(Arc<FlowDefinition>, FlowState), ApiError> {
-    let def = flow_def(app, flow)?;
-    let id = parse_flow_id(raw_id)?;
-    let not_found = || ApiError::RunNotFound {
-        flow: flow.to_owned(),
-        id: raw_id.to_owned(),
-    };
-    let state = app.store.get_flow(id).await?.ok_or_else(not_found)?;
-    if state.flow_name != def.name {
-        return Err(not_found());
-    }
-    Ok((def, state))
-}
-
-/// Fills the flow and step names that the runner does not know into errors.
-fn in_flow(flow: &str, raw_id: &str, e: crate::runner::RunError) -> ApiError {
-    match ApiError::from(e) {
-        ApiError::RunNotFound { .. } => ApiError::RunNotFound {
-            flow: flow.to_owned(),
-            id: raw_id.to_owned(),
-        },
-        ApiError::UnknownStep { step, .. } => ApiError::UnknownStep {
-            flow: flow.to_owned(),
-            step,
-        },
-        other => other,
-    }
-}
-
+/// Continue a failed, paused or interrupted run from the steps that did not
+/// complete, and wait for its end.
+#[utoipa::path(
+    post,
+    path = "/api/v1/{flow}/resume/{flow_id}",
+    params(("flow" = String, Path), ("flow_id" = String, Path)),
+    responses(
+        (status = 200, body = FlowRunView),
+        (status = 404, description = "Unknown flow or run", body = ErrorBody),
+        (status = 409, description = "Completed, cancelled, or running here now", body = ErrorBody),
+    )
+)]
 async fn resume(
     State(app): AppState,
     Path((flow, raw_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FlowRunView>, ApiError> {
     let (def, state) = stored_run(&app, &flow, &raw_id).await?;
     let state = app
         .runner
@@ -167,10 +325,21 @@ async fn resume(
     Ok(Json(flow_view(&def, &state, false)))
 }
 
+/// Reset one failed step and continue the run from it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/{flow}/retry/{flow_id}/{step}",
+    params(("flow" = String, Path), ("flow_id" = String, Path), ("step" = String, Path)),
+    responses(
+        (status = 200, body = FlowRunView),
+        (status = 404, description = "Unknown flow, run or step", body = ErrorBody),
+        (status = 409, description = "The step has not failed", body = ErrorBody),
+    )
+)]
 async fn retry(
     State(app): AppState,
     Path((flow, raw_id, step)): Path<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FlowRunView>, ApiError> {
     let (def, state) = stored_run(&app, &flow, &raw_id).await?;
     let state = app
         .runner
@@ -180,10 +349,22 @@ async fn retry(
     Ok(Json(flow_view(&def, &state, false)))
 }
 
+/// Cancel a run: running steps are interrupted, no further step starts.
+/// Answers with the state the run was left in.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/{flow}/flows/{flow_id}",
+    params(("flow" = String, Path), ("flow_id" = String, Path)),
+    responses(
+        (status = 200, body = FlowRunView),
+        (status = 404, description = "Unknown flow or run", body = ErrorBody),
+        (status = 409, description = "The run completed already", body = ErrorBody),
+    )
+)]
 async fn cancel(
     State(app): AppState,
     Path((flow, raw_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FlowRunView>, ApiError> {
     let (def, state) = stored_run(&app, &flow, &raw_id).await?;
     let state = app
         .runner
@@ -193,83 +374,115 @@ async fn cancel(
     Ok(Json(flow_view(&def, &state, false)))
 }
 
-#[derive(Serialize)]
-struct StepView<'a> {
-    step_name: &'a str,
-    plugin: &'a str,
-    status: crate::state::StepStatus,
-    started_at: Option<chrono::DateTime<chrono::Utc>>,
-    completed_at: Option<chrono::DateTime<chrono::Utc>>,
-    execution_time: Option<f64>,
-    attempt: u32,
-    cached: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache_key: Option<&'a str>,
-    error: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    inputs: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outputs: Option<&'a Value>,
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct AnalyticsQuery {
+    /// How far back to look: 30s, 15m, 1h (the default), 7d.
+    window: Option<String>,
 }
 
-/// A flow run as the API shows it: steps in definition order, with their
-/// inputs and outputs when `with_step_data`.
-fn flow_view(def: &FlowDefinition, state: &FlowState, with_step_data: bool) -> Value {
-    let steps: Vec<StepView<'_>> = def
-        .steps
-        .iter()
-        .filter_map(|s| {
-            let st = state.steps.get(&s.name)?;
-            Some(StepView {
-                step_name: &st.step_name,
-                plugin: &s.plugin,
-                status: st.status,
-                started_at: st.started_at,
-                completed_at: st.completed_at,
-                execution_time: st.execution_time,
-                attempt: st.attempt,
-                cached: st.cached,
-                cache_key: st.cache_key.as_deref(),
-                error: st.error.as_deref(),
-                inputs: st.inputs.as_ref().filter(|_| with_step_data),
-                outputs: st.outputs.as_ref().filter(|_| with_step_data),
+/// The most recent runs examined by analytics.
+const ANALYTICS_RUNS: usize = 1000;
+
+/// Runs by status, p50 and p95 durations, per-step durations and failure
+/// reasons, and the cache hit rate, over the runs of a time window (at most
+/// the 1000 most recent), computed from stored state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/{flow}/analytics",
+    params(("flow" = String, Path), AnalyticsQuery),
+    responses(
+        (status = 200, description = "See the analytics module for the fields", body = Object),
+        (status = 400, description = "Bad window", body = ErrorBody),
+        (status = 404, description = "Unknown flow", body = ErrorBody),
+    )
+)]
+async fn analytics(
+    State(app): AppState,
+    Path(flow): Path<String>,
+    query: Result<Query<AnalyticsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let def = flow_def(&app, &flow)?;
+    let Query(q) = query.map_err(|e| ApiError::BadBody(format!("{e}; use ?window=1h")))?;
+    let window = crate::analytics::parse_window(q.window.as_deref().unwrap_or("1h"))
+        .map_err(ApiError::BadBody)?;
+    let since = Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
+    let filter = ListFilter {
+        flow_name: Some(def.name.clone()),
+        started_after: Some(since),
+        limit: ANALYTICS_RUNS,
+        ..ListFilter::default()
+    };
+    let mut runs = Vec::new();
+    for summary in app.store.list_flows(&filter).await? {
+        if let Some(run) = app.store.get_flow(summary.flow_id).await? {
+            runs.push(run);
+        }
+    }
+    let steps: Vec<String> = def.steps.iter().map(|s| s.name.clone()).collect();
+    let result = crate::analytics::compute(&def.name, window, &steps, &runs);
+    Ok(Json(serde_json::to_value(result).unwrap_or_default()))
+}
+
+/// The loaded flow definitions, and the files rejected with their errors.
+#[utoipa::path(get, path = "/api/v1/flows", responses((status = 200, body = Object)))]
+async fn list_flows(State(app): AppState) -> Json<Value> {
+    let flows: Vec<Value> = app
+        .flows
+        .flows()
+        .map(|f| {
+            json!({
+                "name": f.name,
+                "description": f.description,
+                "file": f.file,
+                "hash": f.hash,
+                "inputs": f.inputs,
+                "cache": f.cache,
+                "steps": f.steps.iter().map(|s| json!({
+                    "name": s.name,
+                    "plugin": s.plugin,
+                    "depends_on": s.depends_on,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
-    let mut view = json!({
-        "flow_id": state.flow_id,
-        "flow_name": state.flow_name,
-        "status": state.status,
-        "cached": state.metadata.get("flow_cache").is_some_and(|v| v == "hit"),
-        "outputs": state.outputs,
-        "error": state.error,
-        "current_step": state.current_step,
-        "started_at": state.started_at,
-        "completed_at": state.completed_at,
-        "total_execution_time": state.total_execution_time,
-        "steps": steps,
-        "metadata": state.metadata,
-    });
-    if with_step_data {
-        view["inputs"] = state.inputs.clone();
-    }
-    view
+    let errors: Vec<String> = app.flows.errors().iter().map(ToString::to_string).collect();
+    Json(json!({ "flows": flows, "errors": errors }))
+}
+
+/// The loaded plugins and the files skipped in the plugins folder, with why.
+#[utoipa::path(get, path = "/api/v1/plugins", responses((status = 200, body = Object)))]
+async fn list_plugins(State(app): AppState) -> Json<Value> {
+    let loaded: Vec<_> = app.plugins.plugins().map(|p| &p.meta).collect();
+    Json(json!({ "plugins": loaded, "skipped": app.plugins.skipped() }))
 }
 
 /// Exactly one of the three selects what to remove.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct InvalidateQuery {
+    /// Every result computed by this plugin.
     plugin: Option<String>,
+    /// Every result stored by runs of this flow, whole-flow results included.
     flow: Option<String>,
+    /// One cache key.
     key: Option<String>,
 }
 
+/// Remove cached results; answers how many there were.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/cache",
+    params(InvalidateQuery),
+    responses(
+        (status = 200, description = "{\"removed\": n}", body = Object),
+        (status = 400, description = "Not exactly one of plugin, flow, key", body = ErrorBody),
+    )
+)]
 async fn invalidate_cache(
     State(app): AppState,
     query: Result<Query<InvalidateQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    use crate::cache::Invalidate;
     let usage = "give exactly one of ?plugin=NAME, ?flow=NAME or ?key=KEY";
     let Query(q) = query.map_err(|e| ApiError::BadBody(format!("{e}; {usage}")))?;
     let what = match (q.plugin, q.flow, q.key) {
@@ -286,34 +499,8 @@ async fn invalidate_cache(
     Ok(Json(json!({ "removed": removed })))
 }
 
-async fn list_flows(State(app): AppState) -> Json<Value> {
-    let flows: Vec<Value> = app
-        .flows
-        .flows()
-        .map(|f| {
-            json!({
-                "name": f.name,
-                "description": f.description,
-                "file": f.file,
-                "hash": f.hash,
-                "inputs": f.inputs,
-                "steps": f.steps.iter().map(|s| json!({
-                    "name": s.name,
-                    "plugin": s.plugin,
-                    "depends_on": s.depends_on,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let errors: Vec<String> = app.flows.errors().iter().map(ToString::to_string).collect();
-    Json(json!({ "flows": flows, "errors": errors }))
-}
-
-async fn list_plugins(State(app): AppState) -> Json<Value> {
-    let loaded: Vec<_> = app.plugins.plugins().map(|p| &p.meta).collect();
-    Json(json!({ "plugins": loaded, "skipped": app.plugins.skipped() }))
-}
-
+/// Health: `ok`, or `degraded` while a configured Redis is unreachable.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Object)))]
 async fn healthz(State(app): AppState) -> Json<Value> {
     let redis = app.store.health();
     let degraded = matches!(redis, RedisHealth::Unreachable { .. });
@@ -323,9 +510,12 @@ async fn healthz(State(app): AppState) -> Json<Value> {
         "redis": redis,
         "plugins": { "loaded": app.plugins.plugins().count(), "skipped": app.plugins.skipped().len() },
         "flows": app.flows.flows().count(),
+        "flows_running": app.runner.active_count(),
     }))
 }
 
+/// Prometheus metrics, OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(app): AppState) -> Response {
     app.metrics.degraded.set(i64::from(app.store.is_degraded()));
     (
@@ -338,6 +528,30 @@ async fn metrics(State(app): AppState) -> Response {
         .into_response()
 }
 
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, body = Object)))]
+async fn openapi(
+    Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(doc.as_ref().clone())
+}
+
 async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NoRoute(format!("{method} {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route goes through `routes!`, which puts it in the OpenAPI
+    /// document: a plain axum `.route(` here would escape it.
+    #[test]
+    fn routes_are_registered_only_through_the_openapi_router() {
+        let source = include_str!("mod.rs");
+        let code = &source[..source.find("#[cfg(test)]").unwrap()];
+        assert!(
+            !code.contains(concat!(".route", "(")),
+            "use .routes(routes!(handler))"
+        );
+        assert_eq!(code.matches(".routes(routes!(").count(), 12);
+    }
 }

@@ -26,6 +26,8 @@ use wasmtime::{
 pub use bindings::CONTRACT_VERSION;
 use bindings::{Executor, ExecutorPre, StepError, StepRequest};
 use sandbox::StepCtx;
+
+use crate::metrics::{Metrics, PluginLabel};
 pub use sandbox::sanitize;
 
 /// How often the engine's epoch advances: the granularity of timeouts, and how
@@ -111,8 +113,13 @@ pub enum PluginError {
     Retryable(String),
     #[error("timed out after {0:?}")]
     TimedOut(Duration),
-    #[error("trapped: {0}")]
-    Trapped(String),
+    #[error("trapped: {message}")]
+    Trapped {
+        /// The wasm trap code in snake case (`unreachable_code_reached` for a
+        /// Rust panic, `stack_overflow`, …), or `host_error`.
+        kind: String,
+        message: String,
+    },
     #[error("returned output that is not JSON: {0}")]
     InvalidOutput(String),
     #[error("could not be instantiated: {0}")]
@@ -125,7 +132,9 @@ impl PluginError {
     /// Whether running the step again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            PluginError::Retryable(_) | PluginError::TimedOut(_) | PluginError::Trapped(_) => true,
+            PluginError::Retryable(_) | PluginError::TimedOut(_) | PluginError::Trapped { .. } => {
+                true
+            }
             PluginError::Instantiate(_) => true,
             PluginError::Interrupted
             | PluginError::InvalidInput(_)
@@ -141,7 +150,7 @@ impl PluginError {
             PluginError::Failed(_) => "failed",
             PluginError::Retryable(_) => "retryable",
             PluginError::TimedOut(_) => "timed_out",
-            PluginError::Trapped(_) => "trapped",
+            PluginError::Trapped { .. } => "trapped",
             PluginError::InvalidOutput(_) => "invalid_output",
             PluginError::Instantiate(_) => "instantiate",
             PluginError::Interrupted => "interrupted",
@@ -171,6 +180,7 @@ pub struct PluginHost {
     skipped: Vec<Skipped>,
     permits: Semaphore,
     pooling: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl PluginHost {
@@ -205,7 +215,14 @@ impl PluginHost {
             plugins: BTreeMap::new(),
             skipped: Vec::new(),
             pooling,
+            metrics: None,
         })
+    }
+
+    /// Records compile and instantiate times in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Loads every `*.wasm` in `dir`. A file that cannot be a plugin is
@@ -226,6 +243,13 @@ impl PluginHost {
         for path in paths {
             match self.load_file(&path).await {
                 Ok(plugin) => {
+                    if let Some(m) = &self.metrics {
+                        m.plugin_compile
+                            .get_or_create(&PluginLabel {
+                                plugin: plugin.meta.name.clone(),
+                            })
+                            .observe(plugin.meta.compile_ms / 1e3);
+                    }
                     tracing::info!(
                         plugin = %plugin.meta.name,
                         version = %plugin.meta.version,
@@ -369,11 +393,19 @@ impl PluginHost {
             config: call.config.to_string(),
             input: call.input.to_string(),
         };
+        let clock = Instant::now();
         let executor = plugin
             .pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        if let Some(m) = &self.metrics {
+            m.plugin_instantiate
+                .get_or_create(&PluginLabel {
+                    plugin: plugin.meta.name.clone(),
+                })
+                .observe(clock.elapsed().as_secs_f64());
+        }
         let result = executor
             .call_execute(&mut store, &request)
             .await
@@ -410,7 +442,45 @@ impl PluginHost {
 fn classify_trap(e: &wasmtime::Error, timeout: Duration) -> PluginError {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginError::TimedOut(timeout),
-        _ => PluginError::Trapped(sanitize(&format!("{e:#}"), 4096)),
+        trap => PluginError::Trapped {
+            kind: trap.map_or_else(
+                || "host_error".to_owned(),
+                |t| snake_case(&format!("{t:?}")),
+            ),
+            message: sanitize(&format!("{e:#}"), 4096),
+        },
+    }
+}
+
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else if c.is_ascii_alphanumeric() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl PluginError {
+    /// For `flowhost_plugin_traps_total`: the kind of a fault the host
+    /// detected, or `None` for a verdict the plugin returned itself.
+    pub fn trap_kind(&self) -> Option<&str> {
+        match self {
+            PluginError::Trapped { kind, .. } => Some(kind),
+            PluginError::TimedOut(_) => Some("timed_out"),
+            PluginError::Interrupted => Some("interrupted"),
+            PluginError::InvalidOutput(_) => Some("invalid_output"),
+            PluginError::Instantiate(_) => Some("instantiate"),
+            PluginError::InvalidInput(_) | PluginError::Failed(_) | PluginError::Retryable(_) => {
+                None
+            }
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use retry::RetryPolicy;
 
@@ -744,6 +745,21 @@ impl FlowRunner {
     async fn drive(
         &self,
         def: &Arc<FlowDefinition>,
+        state: FlowState,
+        first: FirstAttempts,
+        active: &Arc<Active>,
+    ) -> FlowState {
+        // Every log line of the flow, its steps' and plugins' included,
+        // carries the flow's name and id.
+        let span = tracing::info_span!("flow", flow = %def.name, flow_id = %state.flow_id);
+        self.drive_in_span(def, state, first, active)
+            .instrument(span)
+            .await
+    }
+
+    async fn drive_in_span(
+        &self,
+        def: &Arc<FlowDefinition>,
         mut state: FlowState,
         first: FirstAttempts,
         active: &Arc<Active>,
@@ -1035,6 +1051,16 @@ impl FlowRunner {
                     "interrupted"
                 }
                 Err(e) => {
+                    if let Some(kind) = e.trap_kind() {
+                        self.inner
+                            .metrics
+                            .plugin_traps
+                            .get_or_create(&crate::metrics::TrapLabel {
+                                plugin: step.plugin.clone(),
+                                kind: kind.to_owned(),
+                            })
+                            .inc();
+                    }
                     tracing::warn!(flow_id = %flow_id, step = %step.name, plugin = %step.plugin, attempt = st.attempt, error = %e, "step attempt failed");
                     st.status = StepStatus::Failed;
                     st.error = Some(e.to_string());

@@ -2,6 +2,7 @@
 //! otherwise. A monitor task pings Redis and reconnects without a restart;
 //! while Redis is away, new flows run on memory (loudly) and stay there.
 
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
+
+use crate::metrics::{Metrics, OpLabel};
 
 use super::{
     FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, MemoryStore, RedisStore,
@@ -34,6 +37,7 @@ pub struct FallbackStore {
     /// The live connection, when there is one; `None` while Redis is away.
     redis: RwLock<Option<RedisStore>>,
     health: RwLock<RedisHealth>,
+    metrics: Arc<Metrics>,
 }
 
 impl FallbackStore {
@@ -44,17 +48,24 @@ impl FallbackStore {
             config: None,
             redis: RwLock::new(None),
             health: RwLock::new(RedisHealth::NotConfigured),
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
     /// Redis, tried once now; when it cannot be reached the store starts on
     /// memory and `monitor` keeps trying.
     pub async fn redis(config: RedisStoreConfig) -> Arc<Self> {
+        Self::redis_with_metrics(config, Arc::new(Metrics::new())).await
+    }
+
+    /// As `redis`, timing every Redis operation into `metrics`.
+    pub async fn redis_with_metrics(config: RedisStoreConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         let store = Arc::new(FallbackStore {
             memory: MemoryStore::new(),
             config: Some(config),
             redis: RwLock::new(None),
             health: RwLock::new(RedisHealth::NotConfigured),
+            metrics,
         });
         store.check().await;
         store
@@ -153,6 +164,30 @@ impl FallbackStore {
     }
 }
 
+impl FallbackStore {
+    /// Runs one Redis operation, recording its latency, or its failure.
+    async fn timed<T, E>(
+        &self,
+        op: &str,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let clock = std::time::Instant::now();
+        let result = work.await;
+        let label = OpLabel { op: op.to_owned() };
+        match &result {
+            Ok(_) => self
+                .metrics
+                .redis_duration
+                .get_or_create(&label)
+                .observe(clock.elapsed().as_secs_f64()),
+            Err(_) => {
+                self.metrics.redis_errors.get_or_create(&label).inc();
+            }
+        }
+        result
+    }
+}
+
 enum Owner {
     Memory,
     Redis(RedisStore),
@@ -166,7 +201,7 @@ impl StateStore for FallbackStore {
             return Err(StoreError::AlreadyExists(flow.flow_id));
         }
         if let Some(redis) = self.healthy() {
-            match redis.create_flow(flow).await {
+            match self.timed("create_flow", redis.create_flow(flow)).await {
                 Err(e @ StoreError::Unavailable(_)) => self.mark_unreachable(&e),
                 other => return other,
             }
@@ -182,14 +217,14 @@ impl StateStore for FallbackStore {
     ) -> Result<(), StoreError> {
         match self.owner(id)? {
             Owner::Memory => self.memory.save_step(id, step, patch).await,
-            Owner::Redis(r) => r.save_step(id, step, patch).await,
+            Owner::Redis(r) => self.timed("save_step", r.save_step(id, step, patch)).await,
         }
     }
 
     async fn update_flow(&self, id: FlowId, patch: &FlowPatch) -> Result<(), StoreError> {
         match self.owner(id)? {
             Owner::Memory => self.memory.update_flow(id, patch).await,
-            Owner::Redis(r) => r.update_flow(id, patch).await,
+            Owner::Redis(r) => self.timed("update_flow", r.update_flow(id, patch)).await,
         }
     }
 
@@ -198,7 +233,7 @@ impl StateStore for FallbackStore {
             return Ok(Some(flow));
         }
         match (self.current(), &self.config) {
-            (Some(redis), _) => redis.get_flow(id).await,
+            (Some(redis), _) => self.timed("get_flow", redis.get_flow(id)).await,
             (None, None) => Ok(None),
             (None, Some(_)) => {
                 let health = self.health();
@@ -216,7 +251,7 @@ impl StateStore for FallbackStore {
     async fn list_flows(&self, filter: &ListFilter) -> Result<Vec<FlowSummary>, StoreError> {
         let mut out = self.memory.list_flows(filter).await?;
         if let Some(redis) = self.current() {
-            out.extend(redis.list_flows(filter).await?);
+            out.extend(self.timed("list_flows", redis.list_flows(filter)).await?);
             out.sort_by_key(|s| std::cmp::Reverse((s.started_at, s.flow_id)));
             out.truncate(filter.limit);
         }
@@ -226,7 +261,7 @@ impl StateStore for FallbackStore {
     async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError> {
         match self.owner(id)? {
             Owner::Memory => self.memory.delete_flow(id).await,
-            Owner::Redis(r) => r.delete_flow(id).await,
+            Owner::Redis(r) => self.timed("delete_flow", r.delete_flow(id)).await,
         }
     }
 
@@ -247,14 +282,14 @@ impl StateStore for FallbackStore {
 impl ResultCache for FallbackStore {
     async fn get(&self, key: &str) -> Result<Option<CachedResult>, CacheError> {
         match self.healthy() {
-            Some(redis) => ResultCache::get(&redis, key).await,
+            Some(redis) => self.timed("cache_get", ResultCache::get(&redis, key)).await,
             None => ResultCache::get(&self.memory, key).await,
         }
     }
 
     async fn put(&self, entry: &CachedResult, ttl: Duration) -> Result<(), CacheError> {
         match self.healthy() {
-            Some(redis) => redis.put(entry, ttl).await,
+            Some(redis) => self.timed("cache_put", redis.put(entry, ttl)).await,
             None => self.memory.put(entry, ttl).await,
         }
     }
@@ -262,7 +297,9 @@ impl ResultCache for FallbackStore {
     async fn invalidate(&self, what: &Invalidate) -> Result<u64, CacheError> {
         let mut removed = self.memory.invalidate(what).await?;
         if let Some(redis) = self.current() {
-            removed += redis.invalidate(what).await?;
+            removed += self
+                .timed("cache_invalidate", redis.invalidate(what))
+                .await?;
         }
         Ok(removed)
     }

@@ -79,9 +79,8 @@ impl StateStore for MemoryStore {
         let flows = self.lock();
         let mut out: Vec<FlowSummary> = flows
             .values()
-            .filter(|f| filter.flow_name.as_ref().is_none_or(|n| *n == f.flow_name))
-            .filter(|f| filter.status.is_none_or(|s| s == f.status))
             .map(FlowSummary::from)
+            .filter(|s| filter.matches(s))
             .collect();
         out.sort_by_key(|s| std::cmp::Reverse((s.started_at, s.flow_id)));
         out.truncate(filter.limit);

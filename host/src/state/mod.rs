@@ -265,7 +265,21 @@ impl From<&FlowState> for FlowSummary {
 pub struct ListFilter {
     pub flow_name: Option<String>,
     pub status: Option<FlowStatus>,
+    /// Only flows started at or after this time.
+    pub started_after: Option<DateTime<Utc>>,
+    /// Only flows started before this time.
+    pub started_before: Option<DateTime<Utc>>,
     pub limit: usize,
+}
+
+impl ListFilter {
+    /// Whether a summary passes every filter.
+    pub fn matches(&self, s: &FlowSummary) -> bool {
+        self.flow_name.as_ref().is_none_or(|n| *n == s.flow_name)
+            && self.status.is_none_or(|st| st == s.status)
+            && self.started_after.is_none_or(|t| s.started_at >= t)
+            && self.started_before.is_none_or(|t| s.started_at < t)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -284,16 +284,35 @@ impl StateStore for RedisStore {
             (None, Some(name)) => self.keys.by_name(name),
             (None, None) => self.keys.started(),
         };
+        // The name and start indexes are scored by start time, so a time
+        // range is read from Redis directly; the status index is scored by
+        // the time of the change, so there the range is checked per line.
+        let by_score = filter.status.is_none();
+        let max = filter
+            .started_before
+            .map_or("+inf".to_owned(), |t| format!("({}", t.timestamp_millis()));
+        let min = filter
+            .started_after
+            .map_or("-inf".to_owned(), |t| t.timestamp_millis().to_string());
         let mut out = Vec::new();
         let mut offset = 0isize;
         let page = filter.limit.clamp(1, 1000) as isize;
-        // Page through the index newest first; a name filter on a status
-        // index drops lines, so keep reading until the limit is reached.
         while out.len() < filter.limit {
-            let ids: Vec<String> = redis::cmd("ZREVRANGE")
-                .arg(&index)
-                .arg(offset)
-                .arg(offset + page - 1)
+            let cmd = if by_score {
+                let mut c = redis::cmd("ZREVRANGEBYSCORE");
+                c.arg(&index)
+                    .arg(&max)
+                    .arg(&min)
+                    .arg("LIMIT")
+                    .arg(offset)
+                    .arg(page);
+                c
+            } else {
+                let mut c = redis::cmd("ZREVRANGE");
+                c.arg(&index).arg(offset).arg(offset + page - 1);
+                c
+            };
+            let ids: Vec<String> = cmd
                 .query_async(&mut self.conn.clone())
                 .await
                 .map_err(unavailable)?;
@@ -322,11 +341,7 @@ impl StateStore for RedisStore {
                 let Some(summary) = decode_summary(id, row)? else {
                     continue;
                 };
-                if filter
-                    .flow_name
-                    .as_ref()
-                    .is_some_and(|n| *n != summary.flow_name)
-                {
+                if !filter.matches(&summary) {
                     continue;
                 }
                 out.push(summary);
