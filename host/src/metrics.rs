@@ -11,18 +11,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FlowOutcome {
     pub flow: String,
     pub outcome: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FlowLabel {
     pub flow: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepOutcome {
     pub flow: String,
     pub step: String,
@@ -30,28 +30,28 @@ pub struct StepOutcome {
     pub outcome: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
     pub plugin: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrapLabel {
     pub plugin: String,
     pub kind: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ByLabel {
     pub by: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabel {
     pub flow: String,
     pub step: String,
@@ -135,30 +135,29 @@ impl Metrics {
             "Step attempts that failed and were retried after a backoff, by flow, step and plugin",
             step_retries.clone(),
         );
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let c = Family::<PluginLabel, Counter>::default();
-            registry.register(name, help, c.clone());
-            c
-        };
-        let cache_hits = counter(
-            &mut registry,
+        let cache_hits = Family::<PluginLabel, Counter>::default();
+        registry.register(
             "flowhost_cache_hits",
             "Steps served from the result cache without running their plugin, by plugin",
+            cache_hits.clone(),
         );
-        let cache_misses = counter(
-            &mut registry,
+        let cache_misses = Family::<PluginLabel, Counter>::default();
+        registry.register(
             "flowhost_cache_misses",
             "Cacheable steps whose result was not in the cache, by plugin",
+            cache_misses.clone(),
         );
-        let cache_stores = counter(
-            &mut registry,
+        let cache_stores = Family::<PluginLabel, Counter>::default();
+        registry.register(
             "flowhost_cache_stores",
             "Step results written to the cache, by plugin",
+            cache_stores.clone(),
         );
-        let cache_single_flight_waits = counter(
-            &mut registry,
+        let cache_single_flight_waits = Family::<PluginLabel, Counter>::default();
+        registry.register(
             "flowhost_cache_single_flight_waits",
             "Steps that waited for another flow computing the same cache key, by plugin",
+            cache_single_flight_waits.clone(),
         );
         let cache_invalidations = Family::<ByLabel, Counter>::default();
         registry.register(
@@ -278,11 +277,90 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Every metric in the Prometheus text format (0.0.4), which Prometheus
+    /// and promtool read as is. The client library writes OpenMetrics, where a
+    /// counter's family is named without `_total` and the samples with it;
+    /// the classic format wants both named alike, so counter families are
+    /// renamed, and the OpenMetrics `# EOF` is dropped.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let mut open = String::new();
         // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode(&mut open, &self.registry);
+        let counters: std::collections::HashSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters
+                    .contains(name)
+                    .then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
         out
+    }
+
+    /// The name and type of every metric family flowhost registers, in the
+    /// names Prometheus stores (counters with `_total`). Families appear in
+    /// `/metrics` once they have a sample.
+    pub fn catalog() -> Vec<(String, String)> {
+        let m = Metrics::new();
+        // A sample in every labelled family makes each one show.
+        let _ = m.flow_runs.get_or_create(&Default::default());
+        let _ = m.flow_duration.get_or_create(&Default::default());
+        let _ = m.step_runs.get_or_create(&Default::default());
+        let _ = m.step_duration.get_or_create(&Default::default());
+        let _ = m.step_retries.get_or_create(&Default::default());
+        let _ = m.cache_hits.get_or_create(&Default::default());
+        let _ = m.cache_misses.get_or_create(&Default::default());
+        let _ = m.cache_stores.get_or_create(&Default::default());
+        let _ = m
+            .cache_single_flight_waits
+            .get_or_create(&Default::default());
+        let _ = m.cache_invalidations.get_or_create(&Default::default());
+        let _ = m.flow_cache_hits.get_or_create(&Default::default());
+        let _ = m.flow_cache_misses.get_or_create(&Default::default());
+        let _ = m.plugin_compile.get_or_create(&Default::default());
+        let _ = m.plugin_instantiate.get_or_create(&Default::default());
+        let _ = m.plugin_traps.get_or_create(&Default::default());
+        let _ = m.redis_duration.get_or_create(&Default::default());
+        let _ = m.redis_errors.get_or_create(&Default::default());
+        m.render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn the_catalog_lists_every_registered_family() {
+        let registered = include_str!("metrics.rs")
+            .matches(concat!("registry", ".register("))
+            .count();
+        let catalog = Metrics::catalog();
+        assert_eq!(catalog.len(), registered, "{catalog:?}");
+        assert!(
+            catalog
+                .iter()
+                .all(|(name, _)| name.starts_with("flowhost_"))
+        );
+        for (name, kind) in &catalog {
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{name} {kind}");
+        }
     }
 }

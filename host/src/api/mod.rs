@@ -514,14 +514,14 @@ async fn healthz(State(app): AppState) -> Json<Value> {
     }))
 }
 
-/// Prometheus metrics, OpenMetrics text format.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
+/// Prometheus metrics, in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(app): AppState) -> Response {
     app.metrics.degraded.set(i64::from(app.store.is_degraded()));
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         app.metrics.render(),
     )

@@ -803,11 +803,15 @@ impl FlowRunner {
                         Ok(input) => {
                             let (runner, def, id, active) =
                                 (self.clone(), def.clone(), state.flow_id, active.clone());
-                            running.spawn(async move {
-                                runner
-                                    .run_step(id, &def, index, input, attempt, &active)
-                                    .await
-                            });
+                            let span = tracing::info_span!("step", step = %step.name);
+                            running.spawn(
+                                async move {
+                                    runner
+                                        .run_step(id, &def, index, input, attempt, &active)
+                                        .await
+                                }
+                                .instrument(span),
+                            );
                         }
                         Err(e) => {
                             let mut failed = FlowStepState::pending(&step.name);
