@@ -67,6 +67,14 @@ pub struct PluginMeta {
 pub struct Plugin {
     pub meta: PluginMeta,
     pre: ExecutorPre<StepCtx>,
+    component: Component,
+}
+
+impl Plugin {
+    /// The compiled component, for benchmarks that call it without flowhost.
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
 }
 
 /// A file in the plugins folder that was not loaded, and why.
@@ -338,7 +346,11 @@ impl PluginHost {
             size_bytes: size,
             compile_ms,
         };
-        Ok(Plugin { meta, pre })
+        Ok(Plugin {
+            meta,
+            pre,
+            component,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
@@ -351,6 +363,12 @@ impl PluginHost {
 
     pub fn skipped(&self) -> &[Skipped] {
         &self.skipped
+    }
+
+    /// The engine every plugin is compiled for, for benchmarks that measure
+    /// the bare wasmtime floor with the same settings.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     pub fn uses_pooling(&self) -> bool {
