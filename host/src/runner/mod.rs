@@ -5,9 +5,10 @@
 //!
 //! Invariants: a step is saved as running (inputs, start time, attempt) before
 //! its plugin is called, and as completed, failed, cancelled or pending
-//! (interrupted) after; each write carries that one step only. A completed step
-//! is never run again: resume reads its output back. The runner names no Redis
-//! key and no HTTP type.
+//! (interrupted) before any step that depends on it starts; a write carries
+//! only the steps that changed (a finished step and the ones it lets start
+//! share one round trip). A completed step is never run again: resume reads
+//! its output back. The runner names no Redis key and no HTTP type.
 
 mod retry;
 
@@ -407,15 +408,12 @@ impl FlowRunner {
             metadata: Some(state.metadata.clone()),
             ..FlowPatch::default()
         };
-        for st in state.steps.values() {
-            let r = self
-                .inner
-                .store
-                .save_step(state.flow_id, st, &FlowPatch::default())
-                .await;
-            self.record(state.flow_id, r);
-        }
-        let r = self.inner.store.update_flow(state.flow_id, &patch).await;
+        let steps: Vec<&FlowStepState> = state.steps.values().collect();
+        let r = self
+            .inner
+            .store
+            .save_steps(state.flow_id, &steps, &patch)
+            .await;
         self.record(state.flow_id, r);
         self.count_finished(state, clock.elapsed().as_secs_f64());
         Some(state.clone())
@@ -782,10 +780,17 @@ impl FlowRunner {
         let mut launched: HashSet<String> = HashSet::new();
         let mut failure: Option<String> = None;
         let mut running = JoinSet::new();
+        // Step states to record, written together with the next ones: a
+        // finished step and the steps it lets start share one round trip,
+        // and the last one shares it with the flow's final state. A step is
+        // still recorded running before its plugin is called, and finished
+        // before anything that depends on it starts.
+        let mut unwritten: Vec<FlowStepState> = Vec::new();
         loop {
             let stopping = failure.is_some()
                 || active.stop.is_cancelled()
                 || self.inner.draining.load(Ordering::SeqCst);
+            let mut to_start = Vec::new();
             if !stopping {
                 for (index, step) in def.steps.iter().enumerate() {
                     let Some(&attempt) = first.get(&step.name) else {
@@ -801,35 +806,52 @@ impl FlowRunner {
                     };
                     match step.input.resolve(&scope) {
                         Ok(input) => {
-                            let (runner, def, id, active) =
-                                (self.clone(), def.clone(), state.flow_id, active.clone());
-                            let span = tracing::info_span!("step", step = %step.name);
-                            running.spawn(
-                                async move {
-                                    runner
-                                        .run_step(id, &def, index, input, attempt, &active)
-                                        .await
-                                }
-                                .instrument(span),
-                            );
+                            let mut st = FlowStepState::pending(&step.name);
+                            st.status = StepStatus::Running;
+                            st.started_at = Some(Utc::now());
+                            st.inputs = Some(input);
+                            st.attempt = attempt;
+                            unwritten.push(st.clone());
+                            to_start.push((index, st));
                         }
                         Err(e) => {
                             let mut failed = FlowStepState::pending(&step.name);
                             failed.status = StepStatus::Failed;
                             failed.attempt = attempt;
                             failed.error = Some(format!("input: {e}"));
-                            let r = self
-                                .inner
-                                .store
-                                .save_step(state.flow_id, &failed, &FlowPatch::default())
-                                .await;
-                            self.record(state.flow_id, r);
                             failure = Some(format!("step `{}` failed: input: {e}", step.name));
+                            unwritten.push(failed.clone());
                             state.steps.insert(step.name.clone(), failed);
                             break;
                         }
                     }
                 }
+            }
+            if running.is_empty() && to_start.is_empty() {
+                break;
+            }
+            if !unwritten.is_empty() {
+                let patch = FlowPatch {
+                    current_step: to_start.last().map(|(i, _)| def.steps[*i].name.clone()),
+                    ..FlowPatch::default()
+                };
+                let batch: Vec<&FlowStepState> = unwritten.iter().collect();
+                let r = self
+                    .inner
+                    .store
+                    .save_steps(state.flow_id, &batch, &patch)
+                    .await;
+                self.record(state.flow_id, r);
+                unwritten.clear();
+            }
+            for (index, st) in to_start {
+                let (runner, def, id, active) =
+                    (self.clone(), def.clone(), state.flow_id, active.clone());
+                let span = tracing::info_span!("step", step = %def.steps[index].name);
+                running.spawn(
+                    async move { runner.run_step(id, &def, index, st, &active).await }
+                        .instrument(span),
+                );
             }
             let Some(joined) = running.join_next().await else {
                 break;
@@ -859,6 +881,7 @@ impl FlowRunner {
                 }
                 _ => {}
             }
+            unwritten.push(step_state.clone());
             state.steps.insert(step_state.step_name.clone(), step_state);
         }
         // A step that failed in an earlier run and was not retried still
@@ -918,7 +941,12 @@ impl FlowRunner {
             metadata: Some(state.metadata.clone()),
             ..FlowPatch::default()
         };
-        let r = self.inner.store.update_flow(state.flow_id, &patch).await;
+        let batch: Vec<&FlowStepState> = unwritten.iter().collect();
+        let r = self
+            .inner
+            .store
+            .save_steps(state.flow_id, &batch, &patch)
+            .await;
         self.record(state.flow_id, r);
         self.inner.metrics.flows_in_flight.dec();
         self.count_finished(&state, elapsed);
@@ -951,13 +979,15 @@ impl FlowRunner {
 
     /// One step: attempts under its retry policy, each saved running before
     /// the plugin call and finished after.
+    /// One step, from its first attempt's `running` state (recorded by the
+    /// driver) to its final state, which it returns for the driver to record.
+    /// Only what happens between attempts is written here.
     async fn run_step(
         &self,
         flow_id: FlowId,
         def: &FlowDefinition,
         index: usize,
-        input: Value,
-        first_attempt: u32,
+        mut st: FlowStepState,
         active: &Active,
     ) -> FlowStepState {
         let step = &def.steps[index];
@@ -969,32 +999,22 @@ impl FlowRunner {
             plugin: step.plugin.clone(),
         };
         let id = flow_id.to_string();
-        let mut st = FlowStepState::pending(&step.name);
-        st.attempt = first_attempt;
         let plugin = self.inner.plugins.get(&step.plugin).cloned();
+        let input = st.inputs.clone().unwrap_or(Value::Null);
         let plan = plugin
             .as_ref()
             .and_then(|p| self.cache_plan(def, step, &p.meta, &input));
-        st.inputs = Some(input);
         let mut leader = None;
         if let Some(plan) = &plan {
             st.cache_key = Some(plan.key.clone());
             let clock = Instant::now();
             match self.cache_lookup(plan, &step.plugin).await {
                 Ok(output) => {
-                    let now = Utc::now();
                     st.status = StepStatus::Completed;
                     st.cached = true;
                     st.outputs = Some(output);
-                    st.started_at = Some(now);
-                    st.completed_at = Some(now);
+                    st.completed_at = Some(Utc::now());
                     st.execution_time = Some(clock.elapsed().as_secs_f64());
-                    let patch = FlowPatch {
-                        current_step: Some(step.name.clone()),
-                        ..FlowPatch::default()
-                    };
-                    let r = store.save_step(flow_id, &st, &patch).await;
-                    self.record(flow_id, r);
                     return st;
                 }
                 Err(lead) => leader = lead,
@@ -1003,16 +1023,18 @@ impl FlowRunner {
         let mut tries = 0;
         loop {
             tries += 1;
-            st.status = StepStatus::Running;
-            st.started_at = Some(Utc::now());
-            st.completed_at = None;
-            st.execution_time = None;
-            let patch = FlowPatch {
-                current_step: Some(step.name.clone()),
-                ..FlowPatch::default()
-            };
-            let r = store.save_step(flow_id, &st, &patch).await;
-            self.record(flow_id, r);
+            if tries > 1 {
+                st.status = StepStatus::Running;
+                st.started_at = Some(Utc::now());
+                st.completed_at = None;
+                st.execution_time = None;
+                let patch = FlowPatch {
+                    current_step: Some(step.name.clone()),
+                    ..FlowPatch::default()
+                };
+                let r = store.save_step(flow_id, &st, &patch).await;
+                self.record(flow_id, r);
+            }
 
             let clock = Instant::now();
             let result = match &plugin {
@@ -1075,8 +1097,10 @@ impl FlowRunner {
                     }
                 }
             };
-            let r = store.save_step(flow_id, &st, &FlowPatch::default()).await;
-            self.record(flow_id, r);
+            if outcome == "retrying" {
+                let r = store.save_step(flow_id, &st, &FlowPatch::default()).await;
+                self.record(flow_id, r);
+            }
             let m = &self.inner.metrics;
             m.step_runs
                 .get_or_create(&StepOutcome {
@@ -1136,8 +1160,6 @@ impl FlowRunner {
                         st.status = StepStatus::Pending;
                         st.attempt += 1;
                     }
-                    let r = store.save_step(flow_id, &st, &FlowPatch::default()).await;
-                    self.record(flow_id, r);
                     return st;
                 }
             }

@@ -209,15 +209,18 @@ impl StateStore for FallbackStore {
         self.memory.create_flow(flow).await
     }
 
-    async fn save_step(
+    async fn save_steps(
         &self,
         id: FlowId,
-        step: &FlowStepState,
+        steps: &[&FlowStepState],
         patch: &FlowPatch,
     ) -> Result<(), StoreError> {
         match self.owner(id)? {
-            Owner::Memory => self.memory.save_step(id, step, patch).await,
-            Owner::Redis(r) => self.timed("save_step", r.save_step(id, step, patch)).await,
+            Owner::Memory => self.memory.save_steps(id, steps, patch).await,
+            Owner::Redis(r) => {
+                self.timed("save_steps", r.save_steps(id, steps, patch))
+                    .await
+            }
         }
     }
 

@@ -51,15 +51,17 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn save_step(
+    async fn save_steps(
         &self,
         id: FlowId,
-        step: &FlowStepState,
+        steps: &[&FlowStepState],
         patch: &FlowPatch,
     ) -> Result<(), StoreError> {
         let mut flows = self.lock();
         let flow = flows.get_mut(&id).ok_or(StoreError::NotFound(id))?;
-        flow.steps.insert(step.step_name.clone(), step.clone());
+        for step in steps {
+            flow.steps.insert(step.step_name.clone(), (*step).clone());
+        }
         patch.apply(flow);
         Ok(())
     }

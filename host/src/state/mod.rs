@@ -300,13 +300,23 @@ pub enum StoreError {
 pub trait StateStore: Send + Sync {
     /// Records a new flow with all its steps.
     async fn create_flow(&self, flow: &FlowState) -> Result<(), StoreError>;
+    /// Writes these steps' states and the header fields in `patch`, all in
+    /// one go (one round trip, atomically where the store can).
+    async fn save_steps(
+        &self,
+        id: FlowId,
+        steps: &[&FlowStepState],
+        patch: &FlowPatch,
+    ) -> Result<(), StoreError>;
     /// Writes one step's state and the header fields in `patch`, together.
     async fn save_step(
         &self,
         id: FlowId,
         step: &FlowStepState,
         patch: &FlowPatch,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.save_steps(id, &[step], patch).await
+    }
     /// Writes header fields only.
     async fn update_flow(&self, id: FlowId, patch: &FlowPatch) -> Result<(), StoreError>;
     async fn get_flow(&self, id: FlowId) -> Result<Option<FlowState>, StoreError>;

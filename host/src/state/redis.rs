@@ -51,6 +51,34 @@ const SUMMARY_FIELDS: [&str; 6] = [
     "total_execution_time",
 ];
 
+/// Creates a flow in one round trip, unless its header exists: the header,
+/// every step, and its lines in the start, name and status indexes.
+/// KEYS: header, steps, started, by-name, status, then the other statuses.
+/// ARGV: id, start ms, 2 × header fields, header pairs, step pairs.
+static CREATE_FLOW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
+local chunk = {}
+for j = 4 + n, #ARGV do
+  chunk[#chunk + 1] = ARGV[j]
+  if #chunk == 500 then
+    redis.call('HSET', KEYS[2], unpack(chunk))
+    chunk = {}
+  end
+end
+if #chunk > 0 then redis.call('HSET', KEYS[2], unpack(chunk)) end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+for k = 6, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+return 1
+",
+    )
+});
+
 #[derive(Clone, Debug)]
 pub struct RedisStoreConfig {
     pub url: String,
@@ -196,25 +224,13 @@ fn patch_fields(patch: &FlowPatch) -> Vec<(&'static str, String)> {
 impl StateStore for RedisStore {
     async fn create_flow(&self, flow: &FlowState) -> Result<(), StoreError> {
         let id = flow.flow_id;
-        let header = self.keys.flow(id);
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&header)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
-        if exists {
-            return Err(StoreError::AlreadyExists(id));
-        }
-        let started_ms = flow.started_at.timestamp_millis();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut fields = vec![
+        let mut header = vec![
             ("flow_id", id.to_string()),
             ("flow_name", flow.flow_name.clone()),
             ("inputs", flow.inputs.to_string()),
             ("started_at", flow.started_at.to_rfc3339()),
         ];
-        fields.extend(patch_fields(&FlowPatch {
+        header.extend(patch_fields(&FlowPatch {
             status: Some(flow.status),
             current_step: flow.current_step.clone(),
             completed_at: flow.completed_at,
@@ -224,33 +240,51 @@ impl StateStore for RedisStore {
             metadata: Some(flow.metadata.clone()),
             clear_result: false,
         }));
-        pipe.hset_multiple(&header, &fields).ignore();
-        let steps: Vec<(String, String)> = flow
-            .steps
-            .values()
-            .map(|s| Ok((s.step_name.clone(), encode_step(s)?)))
-            .collect::<Result<_, StoreError>>()?;
-        if !steps.is_empty() {
-            pipe.hset_multiple(self.keys.steps(id), &steps).ignore();
+        let mut invocation = CREATE_FLOW.prepare_invoke();
+        invocation
+            .key(self.keys.flow(id))
+            .key(self.keys.steps(id))
+            .key(self.keys.started())
+            .key(self.keys.by_name(&flow.flow_name))
+            .key(self.keys.by_status(flow.status));
+        for other in ALL_STATUSES.iter().filter(|s| **s != flow.status) {
+            invocation.key(self.keys.by_status(*other));
         }
-        let member = id.to_string();
-        pipe.zadd(self.keys.started(), &member, started_ms).ignore();
-        pipe.zadd(self.keys.by_name(&flow.flow_name), &member, started_ms)
-            .ignore();
-        self.push_status_index(&mut pipe, id, flow.status, started_ms);
-        self.run(&pipe).await
+        invocation
+            .arg(id.to_string())
+            .arg(flow.started_at.timestamp_millis())
+            .arg(header.len() * 2);
+        for (field, value) in &header {
+            invocation.arg(*field).arg(value);
+        }
+        for step in flow.steps.values() {
+            invocation.arg(&step.step_name).arg(encode_step(step)?);
+        }
+        let created: i64 = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if created == 0 {
+            return Err(StoreError::AlreadyExists(id));
+        }
+        Ok(())
     }
 
-    async fn save_step(
+    async fn save_steps(
         &self,
         id: FlowId,
-        step: &FlowStepState,
+        steps: &[&FlowStepState],
         patch: &FlowPatch,
     ) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.hset(self.keys.steps(id), &step.step_name, encode_step(step)?)
-            .ignore();
+        if !steps.is_empty() {
+            let fields = steps
+                .iter()
+                .map(|s| Ok((s.step_name.as_str(), encode_step(s)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            pipe.hset_multiple(self.keys.steps(id), &fields).ignore();
+        }
         self.push_patch(&mut pipe, id, patch);
         self.run(&pipe).await
     }
