@@ -265,22 +265,11 @@ impl FlowRunner {
             outputs: None,
             error: None,
         };
-        match self.inner.store.create_flow(&state).await {
-            Ok(()) => {}
-            Err(StoreError::AlreadyExists(id)) => return Err(RunError::DuplicateId(id)),
-            Err(e) => return Err(RunError::Store(e)),
-        }
-        // The store may have fallen back to memory while creating the flow.
-        let backend = self.inner.store.backend();
-        state.metadata.insert("state_store".into(), backend.into());
-        let degraded = self.inner.store.degraded();
-        self.inner.metrics.degraded.set(i64::from(degraded));
-        if degraded {
-            state.metadata.insert("degraded".into(), true.into());
-        }
+        // The flow is recorded with its first write (see `drive`), which
+        // saves a round trip.
         let flow_key = self.flow_cache_key(&def, &state.inputs);
         if let Some(key) = &flow_key {
-            if let Some(hit) = self.flow_cache_hit(&def, &mut state, key).await {
+            if let Some(hit) = self.flow_cache_hit(&def, &mut state, key).await? {
                 return Ok(hit);
             }
             self.inner
@@ -292,7 +281,7 @@ impl FlowRunner {
                 .inc();
         }
         let first = def.steps.iter().map(|s| (s.name.clone(), 1)).collect();
-        let state = self.drive(&def, state, first, &guard.entry).await;
+        let state = self.drive(&def, state, first, &guard.entry, true).await?;
         if let (Some(key), FlowStatus::Completed) = (flow_key, state.status) {
             let steps: Map<String, Value> = state
                 .steps
@@ -366,15 +355,15 @@ impl FlowRunner {
         def: &FlowDefinition,
         state: &mut FlowState,
         key: &str,
-    ) -> Option<FlowState> {
+    ) -> Result<Option<FlowState>, RunError> {
         let clock = Instant::now();
         let entry = match self.inner.cache.get(key).await {
             Ok(Some(entry)) => entry,
-            Ok(None) => return None,
+            Ok(None) => return Ok(None),
             Err(e) => {
                 self.inner.metrics.cache_errors.inc();
                 tracing::warn!(error = %e, "flow cache unavailable; running the flow");
-                return None;
+                return Ok(None);
             }
         };
         let now = Utc::now();
@@ -400,23 +389,9 @@ impl FlowRunner {
             })
             .inc();
         // The run is recorded like any other, already completed.
-        let patch = FlowPatch {
-            status: Some(FlowStatus::Completed),
-            completed_at: state.completed_at,
-            total_execution_time: state.total_execution_time,
-            outputs: state.outputs.clone(),
-            metadata: Some(state.metadata.clone()),
-            ..FlowPatch::default()
-        };
-        let steps: Vec<&FlowStepState> = state.steps.values().collect();
-        let r = self
-            .inner
-            .store
-            .save_steps(state.flow_id, &steps, &patch)
-            .await;
-        self.record(state.flow_id, r);
+        self.create(state).await?;
         self.count_finished(state, clock.elapsed().as_secs_f64());
-        Some(state.clone())
+        Ok(Some(state.clone()))
     }
 
     /// Whether and how a step uses the cache: on unless turned off by the
@@ -594,7 +569,7 @@ impl FlowRunner {
             .await
             .map_err(RunError::Store)?;
         tracing::info!(flow = %def.name, flow_id = %id, steps = first.len(), "flow resumed");
-        Ok(self.drive(&def, state, first, &guard.entry).await)
+        self.drive(&def, state, first, &guard.entry, false).await
     }
 
     /// Cancels a flow: a running one stops its steps (within about one epoch
@@ -746,13 +721,18 @@ impl FlowRunner {
         state: FlowState,
         first: FirstAttempts,
         active: &Arc<Active>,
-    ) -> FlowState {
+        create: bool,
+    ) -> Result<FlowState, RunError> {
         // Every log line of the flow, its steps' and plugins' included,
         // carries the flow's name and id.
         let span = tracing::info_span!("flow", flow = %def.name, flow_id = %state.flow_id);
-        self.drive_in_span(def, state, first, active)
+        self.inner.metrics.flows_in_flight.inc();
+        let result = self
+            .drive_in_span(def, state, first, active, create)
             .instrument(span)
-            .await
+            .await;
+        self.inner.metrics.flows_in_flight.dec();
+        result
     }
 
     async fn drive_in_span(
@@ -761,9 +741,9 @@ impl FlowRunner {
         mut state: FlowState,
         first: FirstAttempts,
         active: &Arc<Active>,
-    ) -> FlowState {
+        mut create: bool,
+    ) -> Result<FlowState, RunError> {
         let clock = Instant::now();
-        self.inner.metrics.flows_in_flight.inc();
         let inputs = state.inputs.as_object().cloned().unwrap_or_default();
         let mut outputs: HashMap<String, Value> = state
             .steps
@@ -830,9 +810,20 @@ impl FlowRunner {
             if running.is_empty() && to_start.is_empty() {
                 break;
             }
-            if !unwritten.is_empty() {
+            let current = to_start.last().map(|(i, _)| def.steps[*i].name.clone());
+            if create {
+                // A new flow is created with its first steps already running.
+                let mut snapshot = state.clone();
+                for st in unwritten.drain(..) {
+                    snapshot.steps.insert(st.step_name.clone(), st);
+                }
+                snapshot.current_step = current;
+                self.create(&mut snapshot).await?;
+                state.metadata = snapshot.metadata;
+                create = false;
+            } else if !unwritten.is_empty() {
                 let patch = FlowPatch {
-                    current_step: to_start.last().map(|(i, _)| def.steps[*i].name.clone()),
+                    current_step: current,
                     ..FlowPatch::default()
                 };
                 let batch: Vec<&FlowStepState> = unwritten.iter().collect();
@@ -941,14 +932,17 @@ impl FlowRunner {
             metadata: Some(state.metadata.clone()),
             ..FlowPatch::default()
         };
-        let batch: Vec<&FlowStepState> = unwritten.iter().collect();
-        let r = self
-            .inner
-            .store
-            .save_steps(state.flow_id, &batch, &patch)
-            .await;
-        self.record(state.flow_id, r);
-        self.inner.metrics.flows_in_flight.dec();
+        if create {
+            self.create(&mut state).await?;
+        } else {
+            let batch: Vec<&FlowStepState> = unwritten.iter().collect();
+            let r = self
+                .inner
+                .store
+                .save_steps(state.flow_id, &batch, &patch)
+                .await;
+            self.record(state.flow_id, r);
+        }
         self.count_finished(&state, elapsed);
         tracing::info!(
             flow = %def.name,
@@ -957,7 +951,25 @@ impl FlowRunner {
             seconds = elapsed,
             "flow {}", if finished { "finished" } else { "paused" }
         );
-        state
+        Ok(state)
+    }
+
+    /// Records a new flow, noting in its metadata where it went (the store
+    /// may fall back to memory while creating it).
+    async fn create(&self, state: &mut FlowState) -> Result<(), RunError> {
+        match self.inner.store.create_flow(state).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists(id)) => return Err(RunError::DuplicateId(id)),
+            Err(e) => return Err(RunError::Store(e)),
+        }
+        let backend = self.inner.store.backend();
+        state.metadata.insert("state_store".into(), backend.into());
+        let degraded = self.inner.store.degraded();
+        self.inner.metrics.degraded.set(i64::from(degraded));
+        if degraded {
+            state.metadata.insert("degraded".into(), true.into());
+        }
+        Ok(())
     }
 
     fn count_finished(&self, state: &FlowState, elapsed: f64) {
