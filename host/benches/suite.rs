@@ -19,6 +19,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 type Result<T> = anyhow::Result<T>;
 
+// The same allocator as the `flowhost` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
@@ -57,8 +61,8 @@ impl WasiView for Bare {
     }
 }
 
-/// 1. One step through flowhost's plugin layer against the bare floor: the
-/// same component on the same engine, instantiated and called directly.
+/// Item 1, one step through flowhost's plugin layer against the bare floor:
+/// the same component on the same engine, instantiated and called directly.
 async fn per_step(t: &mut Table) -> Result<()> {
     let host = PluginHost::new(Limits {
         memory_bytes: 128 << 20,
@@ -192,7 +196,8 @@ async fn serve(app: &Arc<App>) -> Result<String> {
     Ok(format!("http://{addr}"))
 }
 
-/// 2. Sync flows of 1, 3 and 10 steps over HTTP, memory store against Redis.
+/// Item 2, sync flows of 1, 3 and 10 steps over HTTP, memory store against
+/// Redis, beside the HTTP floor (a GET of /healthz on the same server).
 async fn sync_latency(t: &mut Table, redis: &RedisServer) -> Result<()> {
     let plugins = plugins_dir(&["echo"]);
     let flows = flows_dir(&[
@@ -204,6 +209,25 @@ async fn sync_latency(t: &mut Table, redis: &RedisServer) -> Result<()> {
     let with_redis = serve(&build_app(Some(redis), plugins.path(), flows.path()).await?).await?;
     let client = reqwest::Client::new();
     let body = json!({"inputs": {"text": "hello"}}).to_string();
+    let mut floor = Vec::new();
+    for i in 0..2200 {
+        let c = Instant::now();
+        let health: Value = client
+            .get(format!("{with_redis}/healthz"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(health["status"] == "ok");
+        if i >= 200 {
+            floor.push(c.elapsed());
+        }
+    }
+    let (p50, p99) = summary(floor);
+    t.row(
+        "2. HTTP floor: GET /healthz, same client and server",
+        format!("p50 {p50:.0} µs   p99 {p99:.0} µs"),
+    );
     for flow in ["c1", "c3", "c10"] {
         let mut samples: HashMap<&str, Vec<Duration>> = HashMap::new();
         for i in 0..2200 {
@@ -264,7 +288,7 @@ fn redis_counters(conn: &mut redis::Connection) -> Result<(u64, u64)> {
     Ok((calls, bytes))
 }
 
-/// 4. Commands and bytes Redis receives per step, read from Redis itself.
+/// Item 4, commands and bytes Redis receives per step, read from Redis itself.
 async fn redis_cost(t: &mut Table, redis: &RedisServer) -> Result<()> {
     let plugins = plugins_dir(&["echo"]);
     let flows = flows_dir(&[
@@ -320,7 +344,7 @@ async fn redis_cost(t: &mut Table, redis: &RedisServer) -> Result<()> {
     Ok(())
 }
 
-/// 5. One cached step: a hit against a miss, in process, Redis store.
+/// Item 5, one cached step: a hit against a miss, in process, Redis store.
 async fn cache(t: &mut Table, redis: &RedisServer) -> Result<()> {
     let plugins = plugins_dir(&["echo"]);
     let flow = "name: cached\ninputs:\n  text: {type: string}\nsteps:\n  - {name: s, plugin: echo, input: {text: '${inputs.text}'}}\n";
@@ -366,7 +390,7 @@ async fn cache(t: &mut Table, redis: &RedisServer) -> Result<()> {
     Ok(())
 }
 
-/// 6. From process start to accepting connections with 10 plugins.
+/// Item 6, from process start to accepting connections with 10 plugins.
 fn cold_start(t: &mut Table) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut n = 0;
@@ -436,7 +460,7 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
-/// 7. Resident memory with many flows in flight on a slow step.
+/// Item 7, resident memory with many flows in flight on a slow step.
 async fn memory(t: &mut Table) -> Result<()> {
     let plugins = plugins_dir(&["chaos"]);
     let flow = "name: slow\ninputs:\n  text: {type: string}\nsteps:\n  - {name: s, plugin: chaos, input: '${inputs.text}', config: {mode: sleep, ms: 60000}}\n";
@@ -479,23 +503,44 @@ async fn memory(t: &mut Table) -> Result<()> {
     Ok(())
 }
 
+/// `cargo bench -p flowhost --bench suite [-- ITEM...]` runs every item, or
+/// the ones named: step, sync, async, redis, cache, start, memory.
 #[tokio::main]
 async fn main() -> Result<()> {
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |item: &str| chosen.is_empty() || chosen.iter().any(|c| c == item);
     let mut t = Table(Vec::new());
     println!(
         "flowhost benchmark suite ({} cores)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let redis = RedisServer::start()?;
-    per_step(&mut t).await?;
-    sync_latency(&mut t, &redis).await?;
-    t.row(
-        "3. async throughput, 1 and 3 hosts",
-        "n/a: async execution does not exist yet",
-    );
-    redis_cost(&mut t, &redis).await?;
-    cache(&mut t, &redis).await?;
-    cold_start(&mut t)?;
-    memory(&mut t).await?;
+    if run("step") {
+        per_step(&mut t).await?;
+    }
+    if run("sync") {
+        sync_latency(&mut t, &redis).await?;
+    }
+    if run("async") {
+        t.row(
+            "3. async throughput, 1 and 3 hosts",
+            "n/a: async execution does not exist yet",
+        );
+    }
+    if run("redis") {
+        redis_cost(&mut t, &redis).await?;
+    }
+    if run("cache") {
+        cache(&mut t, &redis).await?;
+    }
+    if run("start") {
+        cold_start(&mut t)?;
+    }
+    if run("memory") {
+        memory(&mut t).await?;
+    }
     Ok(())
 }

@@ -770,7 +770,7 @@ impl FlowRunner {
             let stopping = failure.is_some()
                 || active.stop.is_cancelled()
                 || self.inner.draining.load(Ordering::SeqCst);
-            let mut to_start = Vec::new();
+            let mut to_start: Vec<(usize, FlowStepState)> = Vec::new();
             if !stopping {
                 for (index, step) in def.steps.iter().enumerate() {
                     let Some(&attempt) = first.get(&step.name) else {
@@ -835,25 +835,35 @@ impl FlowRunner {
                 self.record(state.flow_id, r);
                 unwritten.clear();
             }
-            for (index, st) in to_start {
-                let (runner, def, id, active) =
-                    (self.clone(), def.clone(), state.flow_id, active.clone());
+            let step_state = if running.is_empty() && to_start.len() == 1 {
+                // A lone step (a chain, say) runs in this task: no spawn and
+                // no wake-up between tasks.
+                let (index, st) = to_start.remove(0);
                 let span = tracing::info_span!("step", step = %def.steps[index].name);
-                running.spawn(
-                    async move { runner.run_step(id, &def, index, st, &active).await }
-                        .instrument(span),
-                );
-            }
-            let Some(joined) = running.join_next().await else {
-                break;
-            };
-            let step_state = match joined {
-                Ok(s) => s,
-                Err(e) => {
-                    // A panicking step task is a host bug; fail the flow, not the host.
-                    tracing::error!(flow_id = %state.flow_id, error = %e, "step task panicked");
-                    failure.get_or_insert_with(|| "internal error in a step".into());
-                    continue;
+                self.run_step(state.flow_id, def, index, st, active)
+                    .instrument(span)
+                    .await
+            } else {
+                for (index, st) in to_start {
+                    let (runner, def, id, active) =
+                        (self.clone(), def.clone(), state.flow_id, active.clone());
+                    let span = tracing::info_span!("step", step = %def.steps[index].name);
+                    running.spawn(
+                        async move { runner.run_step(id, &def, index, st, &active).await }
+                            .instrument(span),
+                    );
+                }
+                let Some(joined) = running.join_next().await else {
+                    break;
+                };
+                match joined {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // A panicking step task is a host bug; fail the flow, not the host.
+                        tracing::error!(flow_id = %state.flow_id, error = %e, "step task panicked");
+                        failure.get_or_insert_with(|| "internal error in a step".into());
+                        continue;
+                    }
                 }
             };
             state.current_step = Some(step_state.step_name.clone());
