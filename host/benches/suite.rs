@@ -264,6 +264,43 @@ async fn sync_latency(t: &mut Table, redis: &RedisServer) -> Result<()> {
     Ok(())
 }
 
+/// The same chains run in process (no HTTP), to tell the runner's cost
+/// from the HTTP layer's.
+async fn in_process(t: &mut Table, redis: &RedisServer) -> Result<()> {
+    let plugins = plugins_dir(&["echo"]);
+    let flows = flows_dir(&[("c1", &chain_flow("c1", 1)), ("c3", &chain_flow("c3", 3))]);
+    let memory = build_app(None, plugins.path(), flows.path()).await?;
+    let with_redis = build_app(Some(redis), plugins.path(), flows.path()).await?;
+    for flow in ["c3", "c1", "c3"] {
+        for (store, app) in [("memory", &memory), ("redis", &with_redis)] {
+            let def = app.flows.get(flow).unwrap().clone();
+            let mut samples = Vec::new();
+            for i in 0..2200 {
+                let mut inputs = Map::new();
+                inputs.insert("text".into(), "hello".into());
+                let c = Instant::now();
+                let s = app
+                    .runner
+                    .execute(def.clone(), inputs, FlowContext::new())
+                    .await?;
+                if i >= 200 {
+                    samples.push(c.elapsed());
+                }
+                anyhow::ensure!(s.status == flowhost::state::FlowStatus::Completed);
+            }
+            let (p50, p99) = summary(samples);
+            t.row(
+                format!(
+                    "2. in process (no HTTP), {} step(s), {store} store",
+                    &flow[1..]
+                ),
+                format!("p50 {p50:.0} µs   p99 {p99:.0} µs"),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn redis_counters(conn: &mut redis::Connection) -> Result<(u64, u64)> {
     let stats: String = redis::cmd("INFO").arg("stats").query(conn)?;
     let bytes = stats
@@ -504,7 +541,7 @@ async fn memory(t: &mut Table) -> Result<()> {
 }
 
 /// `cargo bench -p flowhost --bench suite [-- ITEM...]` runs every item, or
-/// the ones named: step, sync, async, redis, cache, start, memory.
+/// the ones named: step, sync, runner, async, redis, cache, start, memory.
 #[tokio::main]
 async fn main() -> Result<()> {
     let chosen: Vec<String> = std::env::args()
@@ -523,6 +560,9 @@ async fn main() -> Result<()> {
     }
     if run("sync") {
         sync_latency(&mut t, &redis).await?;
+    }
+    if run("runner") {
+        in_process(&mut t, &redis).await?;
     }
     if run("async") {
         t.row(
