@@ -472,15 +472,19 @@ impl FlowRunner {
             .await
     }
 
-    async fn restart(&self, id: FlowId, only_step: Option<&str>) -> Result<FlowState, RunError> {
-        let guard = self.activate(id)?;
-        let mut state = self
-            .inner
+    /// A stored flow, or `NotFound`.
+    async fn stored(&self, id: FlowId) -> Result<FlowState, RunError> {
+        self.inner
             .store
             .get_flow(id)
             .await
             .map_err(RunError::Store)?
-            .ok_or(RunError::NotFound(id))?;
+            .ok_or(RunError::NotFound(id))
+    }
+
+    async fn restart(&self, id: FlowId, only_step: Option<&str>) -> Result<FlowState, RunError> {
+        let guard = self.activate(id)?;
+        let mut state = self.stored(id).await?;
         match state.status {
             FlowStatus::Completed | FlowStatus::Cancelled => {
                 return Err(RunError::Conflict(format!(
@@ -590,13 +594,7 @@ impl FlowRunner {
             let stopped = tokio::time::timeout(Duration::from_secs(10), finished.wait_for(|f| *f))
                 .await
                 .is_ok();
-            let state = self
-                .inner
-                .store
-                .get_flow(id)
-                .await
-                .map_err(RunError::Store)?
-                .ok_or(RunError::NotFound(id))?;
+            let state = self.stored(id).await?;
             return match (stopped, state.status) {
                 (true, FlowStatus::Cancelled) => Ok(state),
                 (true, status) => Err(RunError::Conflict(format!(
@@ -609,13 +607,7 @@ impl FlowRunner {
         }
         // Claim the flow so that a resume cannot start it meanwhile.
         let _guard = self.activate(id)?;
-        let mut state = self
-            .inner
-            .store
-            .get_flow(id)
-            .await
-            .map_err(RunError::Store)?
-            .ok_or(RunError::NotFound(id))?;
+        let mut state = self.stored(id).await?;
         match state.status {
             FlowStatus::Completed => {
                 return Err(RunError::Conflict(format!(
