@@ -193,7 +193,7 @@ async fn sigterm_pauses_flows_and_the_next_host_resumes_them() {
             &three_step_flow("stubborn", "{mode: sleep, ms: 4000}", ""),
         ),
     ]);
-    let config = config_file("shutdown: {grace_period_ms: 1500}\n");
+    let config = config_file("shutdown: {grace_period_ms: 3000}\n");
     let mut host = start_host(&redis, &plugins, &flows, &config);
     let quick = execute_in_background(&host, "quick", "One two three.");
     let stubborn = execute_in_background(&host, "stubborn", "Four five six.");
