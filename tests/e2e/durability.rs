@@ -186,11 +186,11 @@ async fn sigterm_pauses_flows_and_the_next_host_resumes_them() {
     let flows = flows_dir(&[
         (
             "quick",
-            &three_step_flow("quick", "{mode: sleep, ms: 700}", ""),
+            &three_step_flow("quick", "{mode: sleep, ms: 1500}", ""),
         ),
         (
             "stubborn",
-            &three_step_flow("stubborn", "{mode: sleep, ms: 4000}", ""),
+            &three_step_flow("stubborn", "{mode: sleep, ms: 6000}", ""),
         ),
     ]);
     let config = config_file("shutdown: {grace_period_ms: 3000}\n");
