@@ -67,6 +67,7 @@ fn duration_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    pub flows_started: Family<FlowLabel, Counter>,
     pub flow_runs: Family<FlowOutcome, Counter>,
     pub flow_duration: HistogramFamily<FlowLabel>,
     pub step_runs: Family<StepOutcome, Counter>,
@@ -101,6 +102,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        let flows_started = Family::<FlowLabel, Counter>::default();
+        registry.register(
+            "flowhost_flows_started",
+            "Flow runs started (new runs, resumes and retries), by flow",
+            flows_started.clone(),
+        );
         let flow_runs = Family::<FlowOutcome, Counter>::default();
         registry.register(
             "flowhost_flow_runs",
@@ -251,6 +258,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            flows_started,
             flow_runs,
             flow_duration,
             step_runs,
@@ -315,6 +323,7 @@ impl Metrics {
     pub fn catalog() -> Vec<(String, String)> {
         let m = Metrics::new();
         // A sample in every labelled family makes each one show.
+        let _ = m.flows_started.get_or_create(&Default::default());
         let _ = m.flow_runs.get_or_create(&Default::default());
         let _ = m.flow_duration.get_or_create(&Default::default());
         let _ = m.step_runs.get_or_create(&Default::default());

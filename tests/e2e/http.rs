@@ -130,6 +130,7 @@ async fn document_analysis_runs_over_http_and_every_step_is_in_redis() {
         metrics.contains(r#"flowhost_flow_duration_seconds_count{flow="document_analysis"} 1"#)
     );
     assert!(metrics.contains(r#"flowhost_degraded 0"#));
+    assert!(metrics.contains(r#"flowhost_flows_started_total{flow="document_analysis"} 1"#));
 
     // The second example flow, and the listings.
     let (status, run) = post(

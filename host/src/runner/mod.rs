@@ -719,6 +719,13 @@ impl FlowRunner {
         // carries the flow's name and id.
         let span = tracing::info_span!("flow", flow = %def.name, flow_id = %state.flow_id);
         self.inner.metrics.flows_in_flight.inc();
+        self.inner
+            .metrics
+            .flows_started
+            .get_or_create(&FlowLabel {
+                flow: def.name.clone(),
+            })
+            .inc();
         let result = self
             .drive_in_span(def, state, first, active, create)
             .instrument(span)
