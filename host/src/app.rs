@@ -84,6 +84,8 @@ impl App {
                     max_delay: Duration::from_millis(retry.max_delay_ms),
                     jitter: retry.jitter,
                 },
+                max_async_in_flight: config.submit.max_in_flight,
+                idempotency_ttl: Duration::from_secs(config.submit.idempotency_ttl_seconds),
                 cache: CacheSettings {
                     enabled: config.cache.enabled,
                     ttl: Duration::from_secs(config.cache.ttl_seconds),

@@ -24,7 +24,27 @@ pub struct Config {
     pub recovery: RecoveryConfig,
     pub shutdown: ShutdownConfig,
     pub cache: CacheConfig,
+    pub submit: SubmitConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmitConfig {
+    /// Flows in flight on this host at most when one is submitted to run in
+    /// the background (`execute-async`); more are answered 429.
+    pub max_in_flight: usize,
+    /// How long an `Idempotency-Key` names its run.
+    pub idempotency_ttl_seconds: u64,
+}
+
+impl Default for SubmitConfig {
+    fn default() -> Self {
+        SubmitConfig {
+            max_in_flight: 1000,
+            idempotency_ttl_seconds: 86_400,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -136,6 +156,7 @@ impl Default for Config {
             recovery: RecoveryConfig::default(),
             shutdown: ShutdownConfig::default(),
             cache: CacheConfig::default(),
+            submit: SubmitConfig::default(),
             log: LogConfig::default(),
         }
     }

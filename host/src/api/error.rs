@@ -27,6 +27,13 @@ pub enum ApiError {
     UnknownStep { flow: String, step: String },
     #[error("flowhost is shutting down; retry on another host or later")]
     ShuttingDown,
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("{0}")]
+    NotDurable(String),
     #[error("no route for {0}")]
     NoRoute(String),
     #[error("state store unavailable")]
@@ -48,6 +55,8 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::UnknownStep { .. } => (StatusCode::NOT_FOUND, "unknown_step"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "busy"),
+            ApiError::NotDurable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_durable"),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::CacheUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -89,6 +98,13 @@ impl From<RunError> for ApiError {
                 step,
             },
             RunError::ShuttingDown => ApiError::ShuttingDown,
+            e @ RunError::Busy {
+                retry_after_secs, ..
+            } => ApiError::Busy {
+                message: e.to_string(),
+                retry_after_secs,
+            },
+            RunError::NotDurable(reason) => ApiError::NotDurable(reason),
             RunError::Internal(reason) => ApiError::Internal(reason.into()),
             RunError::Store(e) => e.into(),
         }
@@ -124,6 +140,16 @@ impl IntoResponse for ApiError {
                 _ => None,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Busy {
+            retry_after_secs, ..
+        } = &self
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry_after_secs),
+            );
+        }
+        response
     }
 }

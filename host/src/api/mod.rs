@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{Method, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
@@ -44,6 +44,8 @@ pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
     let body_limit = app.config.limits.max_request_bytes;
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(execute))
+        .routes(routes!(execute_async))
+        .routes(routes!(active_flows))
         .routes(routes!(status))
         .routes(routes!(resume))
         .routes(routes!(retry))
@@ -249,7 +251,10 @@ fn flow_view(def: &FlowDefinition, state: &FlowState, with_step_data: bool) -> F
 #[utoipa::path(
     post,
     path = "/api/v1/{flow}/execute",
-    params(("flow" = String, Path, description = "The flow's name")),
+    params(
+        ("flow" = String, Path, description = "The flow's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key gives the same run"),
+    ),
     request_body = ExecuteRequest,
     responses(
         (status = 200, description = "The run ended: completed, failed, paused or cancelled", body = FlowRunView),
@@ -263,9 +268,22 @@ fn flow_view(def: &FlowDefinition, state: &FlowState, with_step_data: bool) -> F
 async fn execute(
     State(app): AppState,
     Path(flow): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<FlowRunView>, ApiError> {
     let def = flow_def(&app, &flow)?;
+    let (inputs, ctx) = execute_request(&body, &headers)?;
+    let state = app.runner.execute(def.clone(), inputs, ctx).await?;
+    Ok(Json(flow_view(&def, &state, false)))
+}
+
+/// The inputs and context of an execute request: its JSON body (read as JSON
+/// whatever its Content-Type, so a plain `curl -d` works) and its
+/// `Idempotency-Key` header.
+fn execute_request(
+    body: &Bytes,
+    headers: &HeaderMap,
+) -> Result<(Map<String, Value>, FlowContext), ApiError> {
     let request: ExecuteRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ExecuteRequest {
             inputs: Map::new(),
@@ -273,7 +291,7 @@ async fn execute(
             metadata: Map::new(),
         }
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice(body).map_err(|e| {
             ApiError::BadBody(format!(
                 "{e}; send a JSON object such as {{\"inputs\": {{\"text\": \"...\"}}}}"
             ))
@@ -284,8 +302,182 @@ async fn execute(
         ctx.flow_id = raw.parse().map_err(|_| ApiError::BadFlowId(raw.clone()))?;
     }
     ctx.metadata = request.metadata;
-    let state = app.runner.execute(def.clone(), request.inputs, ctx).await?;
-    Ok(Json(flow_view(&def, &state, false)))
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 256)
+            .ok_or_else(|| {
+                ApiError::BadBody(
+                    "Idempotency-Key must be 1 to 256 visible ASCII characters".into(),
+                )
+            })?;
+        ctx.idempotency_key = Some(key.to_owned());
+    }
+    Ok((request.inputs, ctx))
+}
+
+/// What `execute-async` answers.
+#[derive(Serialize, ToSchema)]
+struct Submitted {
+    flow_id: String,
+    /// `pending` for a new run; the run's current status for a replayed
+    /// idempotency key.
+    status: String,
+    /// Where to follow the run.
+    status_url: String,
+}
+
+/// Start a run in the background; poll `status_url` for its progress.
+///
+/// Refused with 503 while a configured Redis is unreachable (the run would
+/// not be durable) and with 429 and `Retry-After` while the host has
+/// `submit.max_in_flight` runs in flight. The same `Idempotency-Key` within
+/// `submit.idempotency_ttl_seconds` answers with the same run.
+#[utoipa::path(
+    post,
+    path = "/api/v1/{flow}/execute-async",
+    params(
+        ("flow" = String, Path, description = "The flow's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key gives the same run"),
+    ),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 202, description = "Accepted: the run is recorded and starts in the background", body = Submitted),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "Too many runs in flight; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Redis unreachable, or shutting down", body = ErrorBody),
+    )
+)]
+async fn execute_async(
+    State(app): AppState,
+    Path(flow): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    let def = flow_def(&app, &flow)?;
+    let (inputs, ctx) = execute_request(&body, &headers)?;
+    let id = app.runner.submit(def.clone(), inputs, ctx).await?;
+    let status = match app.store.get_flow(id).await? {
+        Some(state) => state.status.to_string(),
+        None => "pending".to_owned(),
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Submitted {
+            flow_id: id.to_string(),
+            status,
+            status_url: format!("/api/v1/{}/status/{id}", def.name),
+        }),
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ActiveQuery {
+    /// Comma-separated statuses; default `pending,running,paused`; `all` for every status.
+    status: Option<String>,
+    /// Only runs started at or after this RFC 3339 time.
+    started_after: Option<DateTime<Utc>>,
+    /// Only runs started before this RFC 3339 time.
+    started_before: Option<DateTime<Utc>>,
+    /// At most this many runs (1 to 1000; default 100).
+    limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// One line of a listing.
+#[derive(Serialize, ToSchema)]
+struct RunSummary {
+    flow_id: String,
+    status: String,
+    current_step: Option<String>,
+    started_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+    total_execution_time: Option<f64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct RunPage {
+    /// Newest first.
+    flows: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The runs of a flow, newest first, filtered by status and start time,
+/// a page at a time. Served from the indexes in the store, not a scan.
+#[utoipa::path(
+    get,
+    path = "/api/v1/{flow}/active-flows",
+    params(("flow" = String, Path), ActiveQuery),
+    responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+async fn active_flows(
+    State(app): AppState,
+    Path(flow): Path<String>,
+    query: Result<Query<ActiveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RunPage>, ApiError> {
+    use crate::state::FlowStatus;
+    let def = flow_def(&app, &flow)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::BadBody(format!(
+            "{e}; e.g. ?status=running&limit=50&started_after=2026-01-01T00:00:00Z"
+        ))
+    })?;
+    let statuses: Vec<Option<FlowStatus>> =
+        match q.status.as_deref().unwrap_or("pending,running,paused") {
+            "all" => vec![None],
+            list => list
+                .split(',')
+                .map(|s| s.trim().parse().map(Some).map_err(ApiError::BadBody))
+                .collect::<Result<_, _>>()?,
+        };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadBody("limit must be between 1 and 1000".into()));
+    }
+    let offset: usize = match &q.cursor {
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::BadBody(format!("cursor {c:?} is not one this route gave")))?,
+        None => 0,
+    };
+    // Each status has its own index; the pages are merged newest first.
+    let mut runs = Vec::new();
+    for status in statuses {
+        let filter = ListFilter {
+            flow_name: Some(def.name.clone()),
+            status,
+            started_after: q.started_after,
+            started_before: q.started_before,
+            limit: offset + limit + 1,
+        };
+        runs.extend(app.store.list_flows(&filter).await?);
+    }
+    runs.sort_by_key(|s| std::cmp::Reverse((s.started_at, s.flow_id)));
+    runs.dedup_by_key(|s| s.flow_id);
+    let more = runs.len() > offset + limit;
+    let flows = runs
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|s| RunSummary {
+            flow_id: s.flow_id.to_string(),
+            status: s.status.to_string(),
+            current_step: s.current_step,
+            started_at: s.started_at,
+            completed_at: s.completed_at,
+            total_execution_time: s.total_execution_time,
+        })
+        .collect();
+    Ok(Json(RunPage {
+        flows,
+        next_cursor: more.then(|| (offset + limit).to_string()),
+    }))
 }
 
 /// A run's state, with every step's inputs and outputs.
@@ -559,6 +751,6 @@ mod tests {
             !code.contains(concat!(".route", "(")),
             "use .routes(routes!(handler))"
         );
-        assert_eq!(code.matches(".routes(routes!(").count(), 12);
+        assert_eq!(code.matches(".routes(routes!(").count(), 14);
     }
 }

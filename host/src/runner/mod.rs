@@ -43,6 +43,11 @@ pub struct RunnerConfig {
     /// Used for what a step's `retry` does not set.
     pub retry: RetryPolicy,
     pub cache: CacheSettings,
+    /// Flows in flight at most when a flow is submitted to run in the
+    /// background; more are refused with `Busy`.
+    pub max_async_in_flight: usize,
+    /// How long an idempotency key maps to its flow.
+    pub idempotency_ttl: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +71,9 @@ pub struct FlowContext {
     pub flow_id: FlowId,
     /// Copied into the flow's state; flowhost adds `state_store`, `flow_hash`.
     pub metadata: Map<String, Value>,
+    /// A caller's key: the same key, for the same flow definition, within
+    /// `idempotency_ttl`, gives the same run instead of a second one.
+    pub idempotency_key: Option<String>,
 }
 
 impl FlowContext {
@@ -89,6 +97,15 @@ pub enum RunError {
     UnknownStep(String),
     #[error("flowhost is shutting down and takes no new work")]
     ShuttingDown,
+    /// Too much work in flight: try again after the given seconds.
+    #[error("{in_flight} flows are in flight, the limit of this host: try again shortly")]
+    Busy {
+        in_flight: usize,
+        retry_after_secs: u64,
+    },
+    /// The work needs a durable store that is unavailable now.
+    #[error("{0}")]
+    NotDurable(String),
     #[error("cannot record the flow: {0}")]
     Store(#[source] StoreError),
     #[error("internal error: {0}")]
@@ -129,13 +146,13 @@ struct Active {
 }
 
 /// Removes a flow from the active set however its driver ends.
-struct ActiveGuard<'a> {
-    runner: &'a FlowRunner,
+struct ActiveGuard {
+    runner: FlowRunner,
     id: FlowId,
     entry: Arc<Active>,
 }
 
-impl Drop for ActiveGuard<'_> {
+impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.runner.lock_active().remove(&self.id);
         self.entry.finished.send_replace(true);
@@ -189,7 +206,7 @@ impl FlowRunner {
     }
 
     /// Claims `id` for this process; fails if it is executing here already.
-    fn activate(&self, id: FlowId) -> Result<ActiveGuard<'_>, RunError> {
+    fn activate(&self, id: FlowId) -> Result<ActiveGuard, RunError> {
         if self.inner.draining.load(Ordering::SeqCst) {
             return Err(RunError::ShuttingDown);
         }
@@ -204,7 +221,7 @@ impl FlowRunner {
         });
         active.insert(id, entry.clone());
         Ok(ActiveGuard {
-            runner: self,
+            runner: self.clone(),
             id,
             entry,
         })
@@ -243,28 +260,11 @@ impl FlowRunner {
         let inputs = def
             .resolve_inputs(inputs)
             .map_err(RunError::InvalidInputs)?;
+        if let Some(earlier) = self.replayed(&def, &ctx).await? {
+            return Ok(earlier);
+        }
         let guard = self.activate(ctx.flow_id)?;
-        let mut metadata = ctx.metadata;
-        metadata.insert("state_store".into(), self.inner.store.backend().into());
-        metadata.insert("flow_hash".into(), def.hash.clone().into());
-        let mut state = FlowState {
-            flow_id: ctx.flow_id,
-            flow_name: def.name.clone(),
-            status: FlowStatus::Running,
-            inputs: Value::Object(inputs),
-            steps: def
-                .steps
-                .iter()
-                .map(|s| (s.name.clone(), FlowStepState::pending(&s.name)))
-                .collect(),
-            current_step: None,
-            started_at: Utc::now(),
-            completed_at: None,
-            total_execution_time: None,
-            metadata,
-            outputs: None,
-            error: None,
-        };
+        let mut state = self.new_state(&def, inputs, ctx, FlowStatus::Running);
         // The flow is recorded with its first write (see `drive`), which
         // saves a round trip.
         let flow_key = self.flow_cache_key(&def, &state.inputs);
@@ -456,6 +456,135 @@ impl FlowRunner {
                 }
             }
         }
+    }
+
+    /// A new run's state, every step pending.
+    fn new_state(
+        &self,
+        def: &FlowDefinition,
+        inputs: Map<String, Value>,
+        ctx: FlowContext,
+        status: FlowStatus,
+    ) -> FlowState {
+        let mut metadata = ctx.metadata;
+        metadata.insert("state_store".into(), self.inner.store.backend().into());
+        metadata.insert("flow_hash".into(), def.hash.clone().into());
+        FlowState {
+            flow_id: ctx.flow_id,
+            flow_name: def.name.clone(),
+            status,
+            inputs: Value::Object(inputs),
+            steps: def
+                .steps
+                .iter()
+                .map(|s| (s.name.clone(), FlowStepState::pending(&s.name)))
+                .collect(),
+            current_step: None,
+            started_at: Utc::now(),
+            completed_at: None,
+            total_execution_time: None,
+            metadata,
+            outputs: None,
+            error: None,
+        }
+    }
+
+    /// The run an idempotency key already names, as it stands now; `None`
+    /// when the key is new (it now names `ctx.flow_id`) or absent.
+    async fn replayed(
+        &self,
+        def: &FlowDefinition,
+        ctx: &FlowContext,
+    ) -> Result<Option<FlowState>, RunError> {
+        let Some(key) = &ctx.idempotency_key else {
+            return Ok(None);
+        };
+        let scoped = format!("{}:{key}", def.name);
+        let earlier = self
+            .inner
+            .store
+            .remember_key(&scoped, ctx.flow_id, self.inner.config.idempotency_ttl)
+            .await
+            .map_err(RunError::Store)?;
+        let Some(id) = earlier else {
+            return Ok(None);
+        };
+        // The earlier request may still be creating its run: wait briefly.
+        for _ in 0..50 {
+            if let Some(state) = self
+                .inner
+                .store
+                .get_flow(id)
+                .await
+                .map_err(RunError::Store)?
+            {
+                return Ok(Some(state));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(RunError::Conflict(format!(
+            "idempotency key {key:?} names run {id}, which was never recorded; use another key"
+        )))
+    }
+
+    /// Starts a run in the background and returns once it is recorded
+    /// (`pending`); its status route follows it. Refused while Redis is
+    /// configured but unreachable (a run accepted on memory would be lost by a
+    /// restart), and while `max_async_in_flight` runs are in flight here.
+    pub async fn submit(
+        &self,
+        def: Arc<FlowDefinition>,
+        inputs: Map<String, Value>,
+        ctx: FlowContext,
+    ) -> Result<FlowId, RunError> {
+        let inputs = def
+            .resolve_inputs(inputs)
+            .map_err(RunError::InvalidInputs)?;
+        if self.inner.store.degraded() {
+            return Err(RunError::NotDurable(
+                "redis is unreachable: background runs need it to be durable; retry later, \
+                 or use /execute"
+                    .into(),
+            ));
+        }
+        if let Some(earlier) = self.replayed(&def, &ctx).await? {
+            return Ok(earlier.flow_id);
+        }
+        let in_flight = self.active_count();
+        if in_flight >= self.inner.config.max_async_in_flight {
+            return Err(RunError::Busy {
+                in_flight,
+                retry_after_secs: 1,
+            });
+        }
+        let guard = self.activate(ctx.flow_id)?;
+        let mut state = self.new_state(&def, inputs, ctx, FlowStatus::Pending);
+        let id = state.flow_id;
+        if let Some(key) = self.flow_cache_key(&def, &state.inputs)
+            && self.flow_cache_hit(&def, &mut state, &key).await?.is_some()
+        {
+            return Ok(id);
+        }
+        self.create(&mut state).await?;
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let guard = guard;
+            state.status = FlowStatus::Running;
+            let patch = FlowPatch {
+                status: Some(FlowStatus::Running),
+                ..FlowPatch::default()
+            };
+            let r = runner.inner.store.update_flow(id, &patch).await;
+            runner.record(id, r);
+            let first = def.steps.iter().map(|s| (s.name.clone(), 1)).collect();
+            match runner.drive(&def, state, first, &guard.entry, false).await {
+                Ok(end) => {
+                    tracing::debug!(flow_id = %id, status = %end.status, "background run ended")
+                }
+                Err(e) => tracing::error!(flow_id = %id, error = %e, "background run failed"),
+            }
+        });
+        Ok(id)
     }
 
     /// Continues a failed, paused or interrupted flow from the steps that did

@@ -275,6 +275,21 @@ impl StateStore for FallbackStore {
             "memory"
         }
     }
+    async fn remember_key(
+        &self,
+        key: &str,
+        id: FlowId,
+        ttl: Duration,
+    ) -> Result<Option<FlowId>, StoreError> {
+        match self.healthy() {
+            Some(redis) => {
+                self.timed("remember_key", redis.remember_key(key, id, ttl))
+                    .await
+            }
+            None => self.memory.remember_key(key, id, ttl).await,
+        }
+    }
+
     fn degraded(&self) -> bool {
         self.is_degraded()
     }

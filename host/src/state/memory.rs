@@ -22,6 +22,8 @@ pub struct MemoryStore {
     /// Cached results with the (tokio) instant they expire.
     results: Mutex<HashMap<String, (CachedResult, Instant)>>,
     puts: std::sync::atomic::AtomicU64,
+    /// Idempotency keys with the flow they name and when they expire.
+    keys: Mutex<HashMap<String, (FlowId, Instant)>>,
 }
 
 impl MemoryStore {
@@ -91,6 +93,26 @@ impl StateStore for MemoryStore {
 
     async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError> {
         Ok(self.lock().remove(&id).is_some())
+    }
+
+    async fn remember_key(
+        &self,
+        key: &str,
+        id: FlowId,
+        ttl: Duration,
+    ) -> Result<Option<FlowId>, StoreError> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if keys.len() > 4096 {
+            keys.retain(|_, (_, expires)| *expires > now);
+        }
+        match keys.get(key) {
+            Some((earlier, expires)) if *expires > now => Ok(Some(*earlier)),
+            _ => {
+                keys.insert(key.to_owned(), (id, now + ttl));
+                Ok(None)
+            }
+        }
     }
 
     fn backend(&self) -> &'static str {

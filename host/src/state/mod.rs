@@ -323,6 +323,14 @@ pub trait StateStore: Send + Sync {
     async fn list_flows(&self, filter: &ListFilter) -> Result<Vec<FlowSummary>, StoreError>;
     /// Removes a flow and its steps; false when there was none.
     async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError>;
+    /// Maps an idempotency key to a flow for `ttl`, unless it maps to one
+    /// already: then returns that flow and changes nothing.
+    async fn remember_key(
+        &self,
+        key: &str,
+        id: FlowId,
+        ttl: std::time::Duration,
+    ) -> Result<Option<FlowId>, StoreError>;
     /// Short name of the backend that serves requests now.
     fn backend(&self) -> &'static str;
     /// True while the store runs on a fallback instead of its configured

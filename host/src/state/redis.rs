@@ -8,6 +8,7 @@
 //! - `P flows:name:NAME`  sorted set of one definition's runs by start time (ms)
 //! - `P flows:status:S`   sorted set of the flows in status S, by the time
 //!   they entered it (ms)
+//! - `P idem:{KEY}`       string, the flow id an idempotency key names (TTL)
 //! - `P cache:{KEY}`      string, one cached result as JSON, with a TTL (PX)
 //! - `P cache:plugin:NAME`, `P cache:flow:NAME`  sets of the cache keys each
 //!   plugin computed and each flow stored, for invalidation; they expire with
@@ -115,6 +116,9 @@ impl Keys {
     }
     fn by_status(&self, status: FlowStatus) -> String {
         format!("{}flows:status:{status}", self.prefix)
+    }
+    fn idempotency(&self, key: &str) -> String {
+        format!("{}idem:{{{key}}}", self.prefix)
     }
     fn result(&self, key: &str) -> String {
         format!("{}cache:{{{key}}}", self.prefix)
@@ -408,6 +412,33 @@ impl StateStore for RedisStore {
         }
         self.run(&pipe).await?;
         Ok(true)
+    }
+
+    async fn remember_key(
+        &self,
+        key: &str,
+        id: FlowId,
+        ttl: Duration,
+    ) -> Result<Option<FlowId>, StoreError> {
+        // SET NX GET: one round trip, the earlier value when there is one.
+        let earlier: Option<String> = redis::cmd("SET")
+            .arg(self.keys.idempotency(key))
+            .arg(id.to_string())
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        earlier
+            .map(|raw| {
+                raw.parse().map_err(|_| StoreError::Corrupt {
+                    flow_id: raw.clone(),
+                    reason: "idempotency key names no flow id".into(),
+                })
+            })
+            .transpose()
     }
 
     fn backend(&self) -> &'static str {
