@@ -10,7 +10,7 @@ use crate::flow::FlowCatalog;
 use crate::metrics::Metrics;
 use crate::plugin::{Limits, PluginHost};
 use crate::runner::{CacheSettings, FlowRunner, RetryPolicy, RunnerConfig};
-use crate::state::{FallbackStore, RedisStoreConfig};
+use crate::state::{FallbackStore, RedisStoreConfig, StateStore};
 
 pub struct App {
     pub config: Config,
@@ -52,6 +52,7 @@ impl App {
                     key_prefix: config.redis.key_prefix.clone(),
                     response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
                     connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
+                    retention: Some(Duration::from_secs(config.retention.finished_seconds)),
                 };
                 let store = FallbackStore::redis_with_metrics(redis, metrics.clone()).await;
                 tokio::spawn(
@@ -67,6 +68,11 @@ impl App {
             }
         };
         metrics.degraded.set(i64::from(store.is_degraded()));
+        tokio::spawn(prune_periodically(
+            store.clone(),
+            Duration::from_secs(config.retention.finished_seconds),
+            Duration::from_secs(config.retention.prune_interval_seconds.max(1)),
+        ));
 
         let retry = &config.retry;
         let runner = FlowRunner::new(
@@ -102,6 +108,12 @@ impl App {
             metrics,
             runner,
         }))
+    }
+
+    /// Removes the finished flows older than `age` now; returns how many.
+    pub async fn prune(&self, age: Duration) -> Result<u64, crate::state::StoreError> {
+        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+        self.store.prune(cutoff).await
     }
 
     /// With `recovery.resume_on_start`, resumes in the background the flows
@@ -141,5 +153,20 @@ impl App {
 
     pub fn load_flows(config: &Config, plugins: &PluginHost) -> FlowCatalog {
         FlowCatalog::load_dir(&config.flows_dir, &|name| plugins.get(name).is_some())
+    }
+}
+
+/// Removes finished flows past their retention, every `every`. In Redis
+/// their keys expire by themselves; this also keeps the memory store and the
+/// indexes from growing.
+async fn prune_periodically(store: Arc<FallbackStore>, retention: Duration, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+        match store.prune(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "pruned finished flows past their retention"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune finished flows"),
+        }
     }
 }

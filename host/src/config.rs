@@ -25,7 +25,27 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub cache: CacheConfig,
     pub submit: SubmitConfig,
+    pub retention: RetentionConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// A finished flow (completed, failed, cancelled) is removed this long
+    /// after it finished; in Redis its keys expire by themselves.
+    pub finished_seconds: u64,
+    /// How often the host prunes finished flows past their retention.
+    pub prune_interval_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            finished_seconds: 7 * 86_400,
+            prune_interval_seconds: 3600,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -157,6 +177,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             cache: CacheConfig::default(),
             submit: SubmitConfig::default(),
+            retention: RetentionConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -88,6 +88,12 @@ enum CacheCommand {
 enum FlowsCommand {
     /// Check every flow file against the loaded plugins; exits 1 on errors
     Validate,
+    /// Remove finished flows (completed, failed, cancelled) older than an age
+    Prune {
+        /// e.g. 30m, 12h, 7d
+        #[arg(long)]
+        older_than: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -221,22 +227,39 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let Some(url) = config.redis_url() else {
+            if config.redis_url().is_none() {
                 eprintln!(
                     "flowhost: no redis.url configured: the in-memory cache lives inside the \
                      serving process; use DELETE /api/v1/cache there"
                 );
                 return Ok(ExitCode::from(2));
-            };
-            let store = flowhost::state::RedisStore::connect(&flowhost::state::RedisStoreConfig {
-                url: url.to_owned(),
-                key_prefix: config.redis.key_prefix.clone(),
-                response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
-                connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
-            })
-            .await?;
+            }
+            let store = flowhost::state::RedisStore::connect(&redis_config(&config)).await?;
             let removed = store.invalidate(&what).await?;
             println!("removed {removed} cached result(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flows {
+            command: FlowsCommand::Prune { older_than },
+        } => {
+            let age = match flowhost::analytics::parse_window(&older_than) {
+                Ok(age) => age,
+                Err(e) => {
+                    eprintln!("flowhost: --older-than: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if config.redis_url().is_none() {
+                eprintln!(
+                    "flowhost: no redis.url configured: in-memory flows live inside the serving \
+                     process; use DELETE /api/v1/admin/flows there"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let store = flowhost::state::RedisStore::connect(&redis_config(&config)).await?;
+            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age)?;
+            let removed = flowhost::state::StateStore::prune(&store, cutoff).await?;
+            println!("removed {removed} finished flow(s)");
             Ok(ExitCode::SUCCESS)
         }
         Command::Flows {
@@ -261,6 +284,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// The Redis store of the configuration, for commands that work on it
+/// directly (no plugins or flows needed).
+fn redis_config(config: &Config) -> flowhost::state::RedisStoreConfig {
+    flowhost::state::RedisStoreConfig {
+        url: config.redis_url().unwrap_or_default().to_owned(),
+        key_prefix: config.redis.key_prefix.clone(),
+        response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
+        connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
+        retention: None,
     }
 }
 

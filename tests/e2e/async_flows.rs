@@ -56,7 +56,9 @@ fn host_with(
     config: &tempfile::NamedTempFile,
 ) -> (Host, tempfile::TempDir, tempfile::TempDir) {
     let plugins = plugins_dir(&["text-normalize", "text-stats", "chaos"]);
-    let flows = flows_dir(&[("slow", SLOW)]);
+    let long =
+        "name: long\nsteps:\n  - {name: wait, plugin: chaos, config: {mode: sleep, ms: 20000}}\n";
+    let flows = flows_dir(&[("slow", SLOW), ("long", long)]);
     let host = Host::start(&[
         ("FLOWHOST_REDIS_URL", redis_url),
         ("FLOWHOST_PLUGINS_DIR", plugins.path().to_str().unwrap()),
@@ -162,6 +164,45 @@ async fn active_flows_lists_by_status_and_time_a_page_at_a_time() {
     assert_eq!(listed(&all), newest_first);
     let (code, bad) = get(&host, "/api/v1/slow/active-flows?status=sleeping").await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
+
+    // Cleanup: finished runs older than 1 s go, from the CLI and the API.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A long run, still going while the prunes run.
+    let resp = reqwest::Client::new()
+        .post(host.url("/api/v1/long/execute-async"))
+        .body(r#"{"inputs": {}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let out = flowhost_tests::flowhost_command()
+        .args(["flows", "prune", "--older-than", "1s"])
+        .env("FLOWHOST_REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "removed 3 finished flow(s)"
+    );
+    let resp = reqwest::Client::new()
+        .delete(host.url("/api/v1/admin/flows?older_than=1s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap()["removed"], 0);
+    let (_, left) = get(&host, "/api/v1/slow/active-flows?status=all").await;
+    assert!(listed(&left).is_empty(), "{left}");
+    let (_, long) = get(&host, "/api/v1/long/active-flows?status=all").await;
+    assert_eq!(
+        long["flows"][0]["status"], "running",
+        "the running one stays: {long}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,6 +139,19 @@ async fn contract(store: &dyn StateStore) {
         ids(store.list_flows(&all).await.unwrap()),
         vec![c.flow_id, a.flow_id]
     );
+
+    // Prune removes finished flows only: a completed, c still running.
+    let later = Utc::now() + chrono::Duration::minutes(1);
+    assert_eq!(
+        store
+            .prune(Utc.timestamp_opt(1_600_000_000, 0).unwrap())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.prune(later).await.unwrap(), 1);
+    assert_eq!(store.get_flow(a.flow_id).await.unwrap(), None);
+    assert!(store.get_flow(c.flow_id).await.unwrap().is_some());
 }
 
 fn redis_config(server: &RedisServer, prefix: &str) -> RedisStoreConfig {
@@ -147,6 +160,7 @@ fn redis_config(server: &RedisServer, prefix: &str) -> RedisStoreConfig {
         key_prefix: prefix.into(),
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(1),
+        retention: Some(Duration::from_secs(3600)),
     }
 }
 
@@ -220,6 +234,37 @@ async fn redis_keys_follow_the_documented_layout() {
         .unwrap();
     let step: serde_json::Value = serde_json::from_str(&step).unwrap();
     assert_eq!(step["status"], "pending");
+}
+
+#[tokio::test]
+async fn finished_flows_expire_in_redis_and_resumed_ones_do_not() {
+    let server = RedisServer::start().unwrap();
+    let prefix = random_prefix();
+    let store = RedisStore::connect(&redis_config(&server, &prefix))
+        .await
+        .unwrap();
+    let f = flow("ttl", 1, 0);
+    store.create_flow(&f).await.unwrap();
+    let header = format!("{prefix}flow:{{{}}}", f.flow_id);
+    let mut conn = server.connection();
+    let pttl = |conn: &mut redis::Connection| -> i64 {
+        redis::cmd("PTTL").arg(&header).query(conn).unwrap()
+    };
+    assert_eq!(pttl(&mut conn), -1, "a running flow does not expire");
+    let done = FlowPatch {
+        status: Some(FlowStatus::Failed),
+        ..FlowPatch::default()
+    };
+    store.update_flow(f.flow_id, &done).await.unwrap();
+    let left = pttl(&mut conn);
+    assert!(left > 3_500_000 && left <= 3_600_000, "PTTL {left}");
+    let again = FlowPatch {
+        status: Some(FlowStatus::Running),
+        clear_result: true,
+        ..FlowPatch::default()
+    };
+    store.update_flow(f.flow_id, &again).await.unwrap();
+    assert_eq!(pttl(&mut conn), -1, "a resumed flow keeps its keys");
 }
 
 /// Bytes Redis received for one `save_step`, read from Redis's own INFO.

@@ -54,6 +54,7 @@ pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(list_flows))
         .routes(routes!(list_plugins))
         .routes(routes!(invalidate_cache))
+        .routes(routes!(prune_flows))
         .routes(routes!(healthz))
         .routes(routes!(metrics))
         .routes(routes!(openapi))
@@ -698,6 +699,31 @@ async fn invalidate_cache(
     Ok(Json(json!({ "removed": removed })))
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct PruneQuery {
+    /// Remove finished flows older than this: 30m, 12h, 7d.
+    older_than: String,
+}
+
+/// Remove the finished flows (completed, failed, cancelled) that finished
+/// longer ago than `older_than`; answers how many.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/flows",
+    params(PruneQuery),
+    responses((status = 200, description = "{\"removed\": n}", body = Object), (status = 400, body = ErrorBody))
+)]
+async fn prune_flows(
+    State(app): AppState,
+    query: Result<Query<PruneQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadBody(format!("{e}; e.g. ?older_than=7d")))?;
+    let age = crate::analytics::parse_window(&q.older_than).map_err(ApiError::BadBody)?;
+    let removed = app.prune(age).await?;
+    Ok(Json(json!({ "removed": removed })))
+}
+
 /// Health: `ok`, or `degraded` while a configured Redis is unreachable.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Object)))]
 async fn healthz(State(app): AppState) -> Json<Value> {
@@ -751,6 +777,6 @@ mod tests {
             !code.contains(concat!(".route", "(")),
             "use .routes(routes!(handler))"
         );
-        assert_eq!(code.matches(".routes(routes!(").count(), 14);
+        assert_eq!(code.matches(".routes(routes!(").count(), 15);
     }
 }

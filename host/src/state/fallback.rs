@@ -275,6 +275,14 @@ impl StateStore for FallbackStore {
             "memory"
         }
     }
+    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut removed = self.memory.prune(cutoff).await?;
+        if let Some(redis) = self.current() {
+            removed += self.timed("prune", redis.prune(cutoff)).await?;
+        }
+        Ok(removed)
+    }
+
     async fn remember_key(
         &self,
         key: &str,

@@ -95,6 +95,14 @@ impl StateStore for MemoryStore {
         Ok(self.lock().remove(&id).is_some())
     }
 
+    async fn prune(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let mut flows = self.lock();
+        let before = flows.len();
+        flows
+            .retain(|_, f| !(f.status.is_finished() && f.completed_at.is_some_and(|t| t < cutoff)));
+        Ok((before - flows.len()) as u64)
+    }
+
     async fn remember_key(
         &self,
         key: &str,

@@ -323,6 +323,9 @@ pub trait StateStore: Send + Sync {
     async fn list_flows(&self, filter: &ListFilter) -> Result<Vec<FlowSummary>, StoreError>;
     /// Removes a flow and its steps; false when there was none.
     async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError>;
+    /// Removes the finished flows (completed, failed, cancelled) that
+    /// finished before `cutoff`; returns how many.
+    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Maps an idempotency key to a flow for `ttl`, unless it maps to one
     /// already: then returns that flow and changes nothing.
     async fn remember_key(

@@ -88,12 +88,15 @@ pub struct RedisStoreConfig {
     /// How long one command may take before it counts as a failure.
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
+    /// A finished flow's keys expire this long after it finished.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
     keys: Keys,
+    retention: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -150,6 +153,7 @@ impl RedisStore {
             keys: Keys {
                 prefix: config.key_prefix.clone(),
             },
+            retention: config.retention,
         };
         store.ping().await?;
         Ok(store)
@@ -185,6 +189,18 @@ impl RedisStore {
         }
         if let Some(status) = patch.status {
             self.push_status_index(pipe, id, status, Utc::now().timestamp_millis());
+            // A finished flow expires after the retention period; one that
+            // runs again (resumed) keeps its keys.
+            for key in [self.keys.flow(id), self.keys.steps(id)] {
+                match self.retention {
+                    Some(keep) if status.is_finished() => {
+                        pipe.pexpire(key, keep.as_millis() as i64).ignore();
+                    }
+                    _ => {
+                        pipe.persist(key).ignore();
+                    }
+                }
+            }
         }
     }
 
@@ -412,6 +428,41 @@ impl StateStore for RedisStore {
         }
         self.run(&pipe).await?;
         Ok(true)
+    }
+
+    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for status in [
+            FlowStatus::Completed,
+            FlowStatus::Failed,
+            FlowStatus::Cancelled,
+        ] {
+            // The status index is scored by when a flow entered the status:
+            // for these, when it finished.
+            let index = self.keys.by_status(status);
+            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(format!("({}", cutoff.timestamp_millis()))
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            for raw in ids {
+                let Ok(id) = raw.parse::<FlowId>() else {
+                    continue;
+                };
+                if self.delete_flow(id).await? {
+                    removed += 1;
+                } else {
+                    // Its keys expired already: drop the index lines.
+                    let mut pipe = redis::pipe();
+                    pipe.zrem(&index, &raw).ignore();
+                    pipe.zrem(self.keys.started(), &raw).ignore();
+                    self.run(&pipe).await?;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     async fn remember_key(
