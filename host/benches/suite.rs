@@ -179,6 +179,7 @@ async fn build_app(
         redis_url: Some(redis.map(RedisServer::url).unwrap_or_default()),
         plugins_dir: Some(plugins.to_owned()),
         flows_dir: Some(flows.to_owned()),
+        auth_tokens: None,
     };
     let mut config = Config::load(Some(&repo_root().join("config.yaml")), &overrides)?;
     config.log.filter = "error".into();

@@ -26,7 +26,20 @@ pub struct Config {
     pub cache: CacheConfig,
     pub submit: SubmitConfig,
     pub retention: RetentionConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Bearer tokens accepted on the API; empty leaves the API open.
+    /// `FLOWHOST_AUTH_TOKENS` (comma-separated) adds to them.
+    pub tokens: Vec<String>,
+    /// Whether `/metrics` needs a token too (when tokens are set).
+    pub protect_metrics: bool,
+    /// Whether `/healthz` needs a token too (when tokens are set).
+    pub protect_health: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -178,6 +191,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             submit: SubmitConfig::default(),
             retention: RetentionConfig::default(),
+            auth: AuthConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -252,6 +266,8 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     pub plugins_dir: Option<PathBuf>,
     pub flows_dir: Option<PathBuf>,
+    /// Comma-separated bearer tokens, added to `auth.tokens`.
+    pub auth_tokens: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +306,14 @@ impl Config {
         }
         if let Some(v) = &overrides.flows_dir {
             config.flows_dir = v.clone();
+        }
+        if let Some(v) = &overrides.auth_tokens {
+            config.auth.tokens.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned),
+            );
         }
         config.validate()?;
         Ok(config)

@@ -41,6 +41,14 @@ struct Cli {
     /// Folder of flow definitions (*.yaml)
     #[arg(long, global = true, env = "FLOWHOST_FLOWS_DIR")]
     flows_dir: Option<PathBuf>,
+    /// Comma-separated bearer tokens the API accepts
+    #[arg(
+        long,
+        global = true,
+        env = "FLOWHOST_AUTH_TOKENS",
+        hide_env_values = true
+    )]
+    auth_tokens: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,6 +111,7 @@ fn main() -> ExitCode {
         redis_url: cli.redis_url.clone(),
         plugins_dir: cli.plugins_dir.clone(),
         flows_dir: cli.flows_dir.clone(),
+        auth_tokens: cli.auth_tokens.clone(),
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(c) => c,

@@ -370,3 +370,82 @@ async fn an_unreachable_redis_degrades_loudly_then_reconnects() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(shown["status"], "completed");
 }
+
+#[tokio::test]
+async fn bearer_tokens_guard_the_api_but_not_metrics_and_health() {
+    let plugins = plugins_dir(&EXECUTORS);
+    let host = Host::start(&[
+        ("FLOWHOST_PLUGINS_DIR", plugins.path().to_str().unwrap()),
+        ("FLOWHOST_AUTH_TOKENS", "first-token, second-token"),
+    ])
+    .unwrap();
+    let client = reqwest::Client::new();
+    let call = |path: &str, token: Option<&str>| {
+        let mut req = client.get(host.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let resp = call("/api/v1/flows", None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "missing or unknown bearer token: send Authorization: Bearer TOKEN"
+    );
+    assert_eq!(
+        call("/api/v1/flows", Some("second-tokeN"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call("/api/v1/flows", Some("second-token"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        call("/api/v1/flows", Some("first-token"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // Unknown routes do not tell an anonymous caller what exists.
+    assert_eq!(
+        call("/nowhere", None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call("/metrics", None).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        call("/healthz", None).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let config =
+        flowhost_tests::config_file("auth: {protect_metrics: true, protect_health: true}\n");
+    let guarded = Host::start(&[
+        ("FLOWHOST_PLUGINS_DIR", plugins.path().to_str().unwrap()),
+        ("FLOWHOST_AUTH_TOKENS", "only"),
+        ("FLOWHOST_CONFIG", config.path().to_str().unwrap()),
+    ])
+    .unwrap();
+    for path in ["/metrics", "/healthz"] {
+        let resp = client.get(guarded.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let resp = client
+            .get(guarded.url(path))
+            .bearer_auth("only")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    }
+}

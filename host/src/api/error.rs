@@ -36,6 +36,8 @@ pub enum ApiError {
     NotDurable(String),
     #[error("no route for {0}")]
     NoRoute(String),
+    #[error("missing or unknown bearer token: send Authorization: Bearer TOKEN")]
+    Unauthorized,
     #[error("state store unavailable")]
     Unavailable(#[source] StoreError),
     #[error("cache unavailable")]
@@ -58,6 +60,7 @@ impl ApiError {
             ApiError::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "busy"),
             ApiError::NotDurable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_durable"),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::CacheUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

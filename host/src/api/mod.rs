@@ -42,6 +42,11 @@ struct ApiDoc;
 /// The router and the OpenAPI document of every route in it.
 pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
     let body_limit = app.config.limits.max_request_bytes;
+    let auth = Auth {
+        tokens: Arc::new(app.config.auth.tokens.clone()),
+        protect_metrics: app.config.auth.protect_metrics,
+        protect_health: app.config.auth.protect_health,
+    };
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(execute))
         .routes(routes!(execute_async))
@@ -64,8 +69,54 @@ pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
     let router = router
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(Extension(Arc::new(doc.clone())));
+        .layer(Extension(Arc::new(doc.clone())))
+        .layer(axum::middleware::from_fn_with_state(auth, require_token));
     (router, doc)
+}
+
+/// Who may call the API: the configured bearer tokens.
+#[derive(Clone)]
+struct Auth {
+    tokens: Arc<Vec<String>>,
+    protect_metrics: bool,
+    protect_health: bool,
+}
+
+/// Refuses a request without one of the configured bearer tokens (when any
+/// is configured), except `/metrics` and `/healthz` unless they are
+/// protected too.
+async fn require_token(
+    State(auth): State<Auth>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if auth.tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let path = request.uri().path();
+    let open = (path == "/metrics" && !auth.protect_metrics)
+        || (path == "/healthz" && !auth.protect_health);
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Every token is compared in full, so the time taken does not tell how
+    // much of a guess was right.
+    let valid = given.is_some_and(|g| {
+        auth.tokens.iter().fold(false, |ok, t| {
+            ok | constant_time_eq(t.as_bytes(), g.as_bytes())
+        })
+    });
+    if open || valid {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub fn router(app: Arc<App>) -> Router {
