@@ -110,12 +110,6 @@ impl App {
         }))
     }
 
-    /// Removes the finished flows older than `age` now; returns how many.
-    pub async fn prune(&self, age: Duration) -> Result<u64, crate::state::StoreError> {
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
-        self.store.prune(cutoff).await
-    }
-
     /// With `recovery.resume_on_start`, resumes in the background the flows
     /// left paused or running; `serve` calls it once the host is up.
     pub async fn resume_on_start(&self) {
@@ -162,8 +156,7 @@ impl App {
 async fn prune_periodically(store: Arc<FallbackStore>, retention: Duration, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
-        match store.prune(cutoff).await {
+        match store.prune_older_than(retention).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "pruned finished flows past their retention"),
             Err(e) => tracing::warn!(error = %e, "cannot prune finished flows"),

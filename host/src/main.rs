@@ -266,8 +266,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
             let store = flowhost::state::RedisStore::connect(&redis_config(&config)).await?;
-            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age)?;
-            let removed = flowhost::state::StateStore::prune(&store, cutoff).await?;
+            let removed = flowhost::state::StateStore::prune_older_than(&store, age).await?;
             println!("removed {removed} finished flow(s)");
             Ok(ExitCode::SUCCESS)
         }

@@ -771,7 +771,7 @@ async fn prune_flows(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadBody(format!("{e}; e.g. ?older_than=7d")))?;
     let age = crate::analytics::parse_window(&q.older_than).map_err(ApiError::BadBody)?;
-    let removed = app.prune(age).await?;
+    let removed = app.store.prune_older_than(age).await?;
     Ok(Json(json!({ "removed": removed })))
 }
 

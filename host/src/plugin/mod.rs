@@ -187,7 +187,6 @@ pub struct PluginHost {
     plugins: BTreeMap<String, Arc<Plugin>>,
     skipped: Vec<Skipped>,
     permits: Semaphore,
-    pooling: bool,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -195,11 +194,11 @@ impl PluginHost {
     /// Builds the engine (pooling allocator sized from `limits`, falling back
     /// to on-demand allocation where the address space cannot be reserved).
     pub fn new(limits: Limits) -> wasmtime::Result<Self> {
-        let (engine, pooling) = match Engine::new(&engine_config(&limits, true)) {
-            Ok(engine) => (engine, true),
+        let engine = match Engine::new(&engine_config(&limits, true)) {
+            Ok(engine) => engine,
             Err(e) => {
                 tracing::warn!(error = %e, "pooling allocator unavailable, using on-demand allocation");
-                (Engine::new(&engine_config(&limits, false))?, false)
+                Engine::new(&engine_config(&limits, false))?
             }
         };
         let ticker = engine.weak();
@@ -222,7 +221,6 @@ impl PluginHost {
             limits,
             plugins: BTreeMap::new(),
             skipped: Vec::new(),
-            pooling,
             metrics: None,
         })
     }
@@ -369,10 +367,6 @@ impl PluginHost {
     /// the bare wasmtime floor with the same settings.
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    pub fn uses_pooling(&self) -> bool {
-        self.pooling
     }
 
     /// Runs one step: a fresh instance in a fresh sandbox, stopped at the

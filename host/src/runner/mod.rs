@@ -189,16 +189,8 @@ impl FlowRunner {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn StateStore> {
-        &self.inner.store
-    }
-
     fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<FlowId, Arc<Active>>> {
         self.inner.active.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn is_active(&self, id: FlowId) -> bool {
-        self.lock_active().contains_key(&id)
     }
 
     pub fn active_count(&self) -> usize {

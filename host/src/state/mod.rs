@@ -326,6 +326,15 @@ pub trait StateStore: Send + Sync {
     /// Removes the finished flows (completed, failed, cancelled) that
     /// finished before `cutoff`; returns how many.
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Removes the finished flows that finished longer than `age` ago.
+    async fn prune_older_than(&self, age: std::time::Duration) -> Result<u64, StoreError> {
+        // An age too large to represent prunes nothing.
+        let cutoff = chrono::Duration::from_std(age)
+            .ok()
+            .and_then(|age| Utc::now().checked_sub_signed(age))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.prune(cutoff).await
+    }
     /// Maps an idempotency key to a flow for `ttl`, unless it maps to one
     /// already: then returns that flow and changes nothing.
     async fn remember_key(
