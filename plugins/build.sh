@@ -7,25 +7,30 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 target=wasm32-wasip2
 out="$here/target/$target/release"
 
-executors=(text-normalize text-stats keywords summarize)
-testing=(echo chaos other-world)
+executors=(text-normalize text-stats keywords summarize llm-complete)
+testing=(echo chaos other-world hostile)
 
 rustup target add "$target" >/dev/null 2>&1 || rustup target add "$target"
 cargo build --release --target "$target" --manifest-path "$here/Cargo.toml"
 
 built=()
+# A plugin's manifest (NAME.toml in its crate: limits, hosts, secrets) goes
+# beside its component.
 copy() {
-    local dest="$1"
-    shift
+    local src="$1" dest="$2"
+    shift 2
     mkdir -p "$dest"
     for name in "$@"; do
         # Cargo names the artifact after the crate, with '_' for '-'.
         cp "$out/${name//-/_}.wasm" "$dest/$name.wasm"
         built+=("$dest/$name.wasm")
+        if [[ -f "$src/$name/$name.toml" ]]; then
+            cp "$src/$name/$name.toml" "$dest/$name.toml"
+        fi
     done
 }
-copy "$here/dist" "${executors[@]}"
-copy "$here/testing/dist" "${testing[@]}"
+copy "$here/executors" "$here/dist" "${executors[@]}"
+copy "$here/testing" "$here/testing/dist" "${testing[@]}"
 
 for file in "${built[@]}"; do
     printf '%9d bytes  %s\n' "$(stat -c %s "$file")" "$file"
