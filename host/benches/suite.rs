@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowhost::App;
+use flowhost::app::plugin_limits;
 use flowhost::config::{Config, Overrides};
-use flowhost::plugin::{Call, Limits, PluginHost};
+use flowhost::plugin::{Call, PluginHost};
 use flowhost::runner::FlowContext;
 use flowhost::state::StateStore;
 use flowhost_tests::{RedisServer, flows_dir, plugin_wasm, plugins_dir, repo_root};
@@ -65,12 +66,9 @@ impl WasiView for Bare {
 /// Item 1, one step through flowhost's plugin layer against the bare floor:
 /// the same component on the same engine, instantiated and called directly.
 async fn per_step(t: &mut Table) -> Result<()> {
-    let host = PluginHost::new(Limits {
-        memory_bytes: 128 << 20,
-        max_instances: 256,
-        max_component_bytes: 32 << 20,
-    })
-    .map_err(wasm_err)?;
+    let mut limits = plugin_limits(&Config::default());
+    limits.artifacts_dir = None;
+    let host = PluginHost::new(limits).map_err(wasm_err)?;
     let plugin = host.load_file(&plugin_wasm("echo")).await?;
     let engine = host.engine().clone();
     let mut linker = Linker::<Bare>::new(&engine);
@@ -87,7 +85,7 @@ async fn per_step(t: &mut Table) -> Result<()> {
         attempt: 1,
         config: &config,
         input: &input,
-        timeout: Duration::from_secs(5),
+        timeout: Some(Duration::from_secs(5)),
         stop: &stop,
     };
     let request = || {
@@ -112,6 +110,8 @@ async fn per_step(t: &mut Table) -> Result<()> {
             },
         );
         store.set_epoch_deadline(1_000_000);
+        // The engine meters fuel for every store; flowhost's is bottomless.
+        store.set_fuel(u64::MAX).map_err(wasm_err)?;
         let instance = pre.instantiate_async(&mut store).await.map_err(wasm_err)?;
         let func = instance
             .get_func(&mut store, "execute")
@@ -125,7 +125,7 @@ async fn per_step(t: &mut Table) -> Result<()> {
     };
     for _ in 0..300 {
         bare().await?;
-        host.execute(&plugin, &call).await?;
+        host.execute(&plugin, &call).await.result?;
     }
     let (mut floor, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..5000 {
@@ -133,7 +133,7 @@ async fn per_step(t: &mut Table) -> Result<()> {
         bare().await?;
         floor.push(c.elapsed());
         let c = Instant::now();
-        host.execute(&plugin, &call).await?;
+        host.execute(&plugin, &call).await.result?;
         ours.push(c.elapsed());
     }
     let (f50, f99) = summary(floor);

@@ -2,12 +2,14 @@
 //! state store, metrics and runner. `main` and the tests build an `App` the
 //! same way, then serve it or run a flow with it.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::flow::FlowCatalog;
 use crate::metrics::Metrics;
+use crate::plugin::manifest::Defaults;
 use crate::plugin::{Limits, PluginHost};
 use crate::runner::{CacheSettings, FlowRunner, RetryPolicy, RunnerConfig};
 use crate::state::{FallbackStore, RedisStoreConfig, StateStore};
@@ -82,7 +84,6 @@ impl App {
             store.clone(),
             metrics.clone(),
             RunnerConfig {
-                step_timeout: config.step_timeout(),
                 retry: RetryPolicy {
                     max_attempts: retry.max_attempts,
                     initial_delay: Duration::from_millis(retry.initial_delay_ms),
@@ -132,12 +133,7 @@ impl App {
         config: &Config,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<PluginHost, BuildError> {
-        let mut plugins = PluginHost::new(Limits {
-            memory_bytes: config.limits.plugin_memory_bytes,
-            max_instances: config.limits.max_instances,
-            max_component_bytes: config.limits.max_component_bytes,
-        })
-        .map_err(BuildError::Engine)?;
+        let mut plugins = PluginHost::new(plugin_limits(config)).map_err(BuildError::Engine)?;
         if let Some(m) = metrics {
             plugins = plugins.with_metrics(m);
         }
@@ -147,6 +143,29 @@ impl App {
 
     pub fn load_flows(config: &Config, plugins: &PluginHost) -> FlowCatalog {
         FlowCatalog::load_dir(&config.flows_dir, &|name| plugins.get(name).is_some())
+    }
+}
+
+/// How plugins are loaded and run, from the configuration.
+pub fn plugin_limits(config: &Config) -> Limits {
+    let l = &config.limits;
+    Limits {
+        defaults: Defaults {
+            memory_bytes: l.plugin_memory_bytes,
+            max_memory_bytes: l.max_plugin_memory_bytes,
+            timeout: config.step_timeout(),
+            max_input_bytes: l.max_input_bytes,
+            max_output_bytes: l.max_output_bytes,
+            fuel: l.fuel,
+            max_stdio_bytes: l.max_stdio_bytes,
+            http_timeout: Duration::from_millis(l.http_timeout_ms),
+            http_max_response_bytes: l.http_max_response_bytes,
+            secrets: config.secrets.0.clone(),
+        },
+        max_instances: l.max_instances,
+        max_component_bytes: l.max_component_bytes,
+        compile_timeout: Duration::from_millis(l.compile_timeout_ms),
+        artifacts_dir: config.artifacts_dir().map(Path::to_owned),
     }
 }
 

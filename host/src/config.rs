@@ -2,6 +2,7 @@
 //! command-line flags, each overriding the one before; validated once here.
 //! Every other module receives typed values and never reads the environment.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,14 @@ pub struct Config {
     pub plugins_dir: PathBuf,
     /// Folder of flow definitions (`*.yaml`).
     pub flows_dir: PathBuf,
+    /// Host-owned folder for compiled plugin artifacts, so that a restart
+    /// skips compilation; empty turns the cache off. Must not be inside
+    /// `plugins_dir`.
+    pub artifacts_dir: PathBuf,
+    /// Values that plugin manifests hand to plugins as environment variables
+    /// (`[secrets]`). `FLOWHOST_SECRET_NAME` sets `NAME` too, and wins.
+    /// Never written to flow state or the log.
+    pub secrets: Secrets,
     pub redis: RedisConfig,
     pub limits: LimitsConfig,
     /// Default retry policy of every step; a step's `retry` overrides it.
@@ -28,6 +37,17 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+/// Secret values by name; `Debug` shows the names only.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -148,16 +168,36 @@ pub struct RedisConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Default time a step may run; a flow file's `timeout_ms` overrides it.
+    /// Default time a step may run; a plugin's manifest and then a flow
+    /// file's `timeout_ms` override it.
     pub step_timeout_ms: u64,
-    /// Largest linear memory of a plugin instance.
+    /// Default largest linear memory of a plugin instance.
     pub plugin_memory_bytes: usize,
+    /// The most any manifest may grant: the pooling allocator's slot size.
+    pub max_plugin_memory_bytes: usize,
+    /// Default largest step input (JSON) handed to a plugin.
+    pub max_input_bytes: usize,
+    /// Default largest step output a plugin may return.
+    pub max_output_bytes: usize,
+    /// Default fuel (roughly, wasm instructions) per step; none: unlimited.
+    pub fuel: Option<u64>,
+    /// Bytes of a plugin's stdout, and of its stderr, kept per step.
+    pub max_stdio_bytes: usize,
+    /// Default timeout of a plugin's outgoing HTTP request.
+    pub http_timeout_ms: u64,
+    /// Default largest response body of a plugin's outgoing HTTP request.
+    pub http_max_response_bytes: u64,
     /// Plugin instances alive at once; further steps wait for a slot.
     pub max_instances: u32,
     /// Component files larger than this are skipped.
     pub max_component_bytes: u64,
+    /// Compiling one component may take this long, else it is skipped.
+    pub compile_timeout_ms: u64,
     /// Largest HTTP request body.
     pub max_request_bytes: usize,
+    /// An API request taking longer is answered 408 (a flow it started
+    /// keeps running; poll its status).
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -183,6 +223,8 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             plugins_dir: "plugins/dist".into(),
             flows_dir: "flows".into(),
+            artifacts_dir: ".flowhost/artifacts".into(),
+            secrets: Secrets::default(),
             redis: RedisConfig::default(),
             limits: LimitsConfig::default(),
             retry: RetryConfig::default(),
@@ -214,9 +256,18 @@ impl Default for LimitsConfig {
         LimitsConfig {
             step_timeout_ms: 30_000,
             plugin_memory_bytes: 128 << 20,
+            max_plugin_memory_bytes: 512 << 20,
+            max_input_bytes: 8 << 20,
+            max_output_bytes: 8 << 20,
+            fuel: None,
+            max_stdio_bytes: 16 << 10,
+            http_timeout_ms: 30_000,
+            http_max_response_bytes: 16 << 20,
             max_instances: 256,
             max_component_bytes: 32 << 20,
+            compile_timeout_ms: 60_000,
             max_request_bytes: 8 << 20,
+            request_timeout_ms: 300_000,
         }
     }
 }
@@ -315,6 +366,13 @@ impl Config {
                     .map(str::to_owned),
             );
         }
+        for (key, value) in std::env::vars() {
+            if let Some(name) = key.strip_prefix("FLOWHOST_SECRET_")
+                && !name.is_empty()
+            {
+                config.secrets.0.insert(name.to_owned(), value);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -352,10 +410,29 @@ impl Config {
         if self.redis.key_prefix.contains(['{', '}']) {
             return invalid("redis.key_prefix must not contain { or }".into());
         }
-        if self.limits.step_timeout_ms == 0 || self.limits.max_instances == 0 {
+        let l = &self.limits;
+        if [l.step_timeout_ms, l.compile_timeout_ms, l.http_timeout_ms, l.request_timeout_ms]
+            .contains(&0)
+            || l.max_instances == 0
+        {
             return invalid(
-                "limits.step_timeout_ms and limits.max_instances must be above 0".into(),
+                "limits: every *_timeout_ms and max_instances must be above 0".into(),
             );
+        }
+        if l.plugin_memory_bytes > l.max_plugin_memory_bytes {
+            return invalid(format!(
+                "limits.plugin_memory_bytes ({}) is above limits.max_plugin_memory_bytes ({})",
+                l.plugin_memory_bytes, l.max_plugin_memory_bytes
+            ));
+        }
+        if let Some(dir) = self.artifacts_dir() {
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+            if abs(dir).starts_with(abs(&self.plugins_dir)) {
+                return invalid(format!(
+                    "artifacts_dir {} must not be inside plugins_dir: precompiled code is never read from the plugins folder",
+                    dir.display()
+                ));
+            }
         }
         let r = &self.retry;
         if r.max_attempts == 0 || r.factor < 1.0 || !(0.0..=1.0).contains(&r.jitter) {
@@ -373,6 +450,10 @@ impl Config {
 
     pub fn step_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.step_timeout_ms)
+    }
+
+    pub fn artifacts_dir(&self) -> Option<&Path> {
+        Some(self.artifacts_dir.as_path()).filter(|p| !p.as_os_str().is_empty())
     }
 }
 

@@ -38,6 +38,11 @@ pub enum ApiError {
     NoRoute(String),
     #[error("missing or unknown bearer token: send Authorization: Bearer TOKEN")]
     Unauthorized,
+    #[error(
+        "the request took longer than {0} ms; a flow it started goes on running \
+         (list it with GET /api/v1/FLOW/active-flows), or use execute-async"
+    )]
+    TimedOut(u64),
     #[error("state store unavailable")]
     Unavailable(#[source] StoreError),
     #[error("cache unavailable")]
@@ -61,6 +66,7 @@ impl ApiError {
             ApiError::NotDurable(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_durable"),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::TimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "timed_out"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::CacheUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

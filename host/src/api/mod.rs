@@ -42,6 +42,7 @@ struct ApiDoc;
 /// The router and the OpenAPI document of every route in it.
 pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
     let body_limit = app.config.limits.max_request_bytes;
+    let request_timeout = app.config.limits.request_timeout_ms;
     let auth = Auth {
         tokens: Arc::new(app.config.auth.tokens.clone()),
         protect_metrics: app.config.auth.protect_metrics,
@@ -69,6 +70,10 @@ pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
     let router = router
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            time_limit,
+        ))
         .layer(Extension(Arc::new(doc.clone())))
         .layer(axum::middleware::from_fn_with_state(auth, require_token));
     (router, doc)
@@ -85,6 +90,19 @@ struct Auth {
 /// Refuses a request without one of the configured bearer tokens (when any
 /// is configured), except `/metrics` and `/healthz` unless they are
 /// protected too.
+/// Answers 408 to a request still unanswered after `limits.request_timeout_ms`.
+async fn time_limit(
+    State(limit_ms): State<u64>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = std::time::Duration::from_millis(limit_ms);
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::TimedOut(limit_ms).into_response(),
+    }
+}
+
 async fn require_token(
     State(auth): State<Auth>,
     request: axum::extract::Request,
@@ -176,6 +194,15 @@ struct StepView {
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_key: Option<String>,
     error: Option<String>,
+    /// The kind of the error: timed_out, out_of_memory, stack_exhausted,
+    /// panicked, output_too_large, invalid_output, capability_denied, failed…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_kind: Option<String>,
+    /// What the plugin printed (status route only; bounded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr: Option<String>,
     /// The step's resolved input (status route only).
     #[serde(skip_serializing_if = "Option::is_none")]
     inputs: Option<Value>,
@@ -274,6 +301,9 @@ fn flow_view(def: &FlowDefinition, state: &FlowState, with_step_data: bool) -> F
                 cached: st.cached,
                 cache_key: st.cache_key.clone(),
                 error: st.error.clone(),
+                error_kind: st.error_kind.clone(),
+                stdout: st.stdout.clone().filter(|_| with_step_data),
+                stderr: st.stderr.clone().filter(|_| with_step_data),
                 inputs: st.inputs.clone().filter(|_| with_step_data),
                 outputs: st.outputs.clone().filter(|_| with_step_data),
             })

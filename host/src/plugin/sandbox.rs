@@ -1,39 +1,185 @@
 //! The per-step sandbox: what a plugin's `Store` holds. A WASI context that
-//! grants nothing (no files, environment, arguments or sockets), a memory
-//! limiter, and the `log` import, tagged with the flow and step it serves.
+//! grants only what the plugin's manifest lists (by default no files,
+//! environment, arguments, sockets or HTTP hosts), captured stdout and stderr,
+//! a memory limiter that remembers when it refused, the gated `wasi:http`
+//! context, and the `log` import, tagged with the flow and step it serves.
+//!
+//! A refused capability is recorded in [`Denials`], so that a step that fails
+//! after one is reported as `capability_denied` rather than as whatever the
+//! plugin made of the refusal.
 
-use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::filesystem::WasiFilesystemView;
+use wasmtime_wasi::p2::bindings::cli::environment;
+use wasmtime_wasi::p2::bindings::filesystem::preopens;
+use wasmtime_wasi::p2::bindings::filesystem::types::Descriptor;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{Host, LogLevel, TypesHost};
+use super::capture::Capture;
+use super::http::HttpGate;
+use super::manifest::Grants;
 
 /// A log line longer than this is cut: plugins cannot flood the host's log.
 const MAX_LOG_LINE: usize = 4096;
+/// Table elements an instance may grow to.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Denials kept per step; more are counted only by the first ones' presence.
+const MAX_DENIALS: usize = 16;
+
+/// A capability a plugin reached for and was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// `filesystem`, `environment`, `socket` or `http`.
+    pub capability: &'static str,
+    pub detail: String,
+}
+
+/// The denials of one step; clones share the list.
+#[derive(Clone, Debug, Default)]
+pub struct Denials(Arc<Mutex<Vec<Denial>>>);
+
+impl Denials {
+    pub fn record(&self, capability: &'static str, detail: String) {
+        let mut list = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if list.len() < MAX_DENIALS && !list.iter().any(|d| d.detail == detail) {
+            list.push(Denial { capability, detail });
+        }
+    }
+
+    pub fn list(&self) -> Vec<Denial> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Limits linear memory to the plugin's grant, and remembers a refusal so
+/// that the trap which follows is reported as out of memory.
+pub struct MemoryGuard {
+    limit: usize,
+    /// The size a refused growth asked for.
+    pub refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryGuard {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        64
+    }
+}
 
 pub struct StepCtx {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    http: WasiHttpCtx,
+    gate: HttpGate,
+    pub(super) memory: MemoryGuard,
+    pub(super) stdout: Capture,
+    pub(super) stderr: Capture,
+    pub(super) denials: Denials,
+    grants: Arc<Grants>,
     plugin: String,
     flow_id: String,
     step: String,
 }
 
 impl StepCtx {
-    pub fn new(plugin: &str, flow_id: &str, step: &str, memory_bytes: usize) -> Self {
-        let wasi = WasiCtxBuilder::new()
-            .allow_tcp(false)
-            .allow_udp(false)
+    pub fn new(plugin: &str, flow_id: &str, step: &str, grants: &Arc<Grants>) -> Self {
+        let denials = Denials::default();
+        let stdout = Capture::new(grants.max_stdio_bytes);
+        let stderr = Capture::new(grants.max_stdio_bytes);
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .envs(&grants.env)
             .allow_ip_name_lookup(false)
-            .build();
+            // Sockets may be created; every address is checked on connect,
+            // bind and send, against the manifest's `[sockets] allow`.
+            .allow_tcp(true)
+            .allow_udp(true);
+        let check = (grants.clone(), denials.clone());
+        builder.socket_addr_check(move |addr, usage| {
+            let (grants, denials) = check.clone();
+            Box::pin(async move {
+                // A connect first binds the socket to the wildcard address;
+                // that is allowed to a plugin granted some address.
+                let implicit_bind = matches!(usage, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind)
+                    && addr.ip().is_unspecified()
+                    && addr.port() == 0;
+                let allowed = grants.sockets.contains(&addr)
+                    || (implicit_bind && !grants.sockets.is_empty());
+                if !allowed {
+                    let what = match usage {
+                        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind if implicit_bind => {
+                            "open a socket (no address is granted)".to_owned()
+                        }
+                        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => format!("bind {addr}"),
+                        SocketAddrUse::TcpListen => format!("listen on {addr}"),
+                        SocketAddrUse::TcpAccept => format!("accept on {addr}"),
+                        SocketAddrUse::TcpConnect => format!("connect to {addr}"),
+                        SocketAddrUse::UdpSend => format!("send to {addr}"),
+                        SocketAddrUse::UdpReceive => format!("receive from {addr}"),
+                    };
+                    denials.record("socket", what);
+                }
+                allowed
+            })
+        });
+        for (guest, host) in &grants.files {
+            if let Err(e) = builder.preopened_dir(host, guest, FsPerms::ReadOnly) {
+                tracing::warn!(plugin, folder = %host.display(), error = %e, "cannot open a granted folder");
+            }
+        }
         StepCtx {
-            wasi,
+            wasi: builder.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                .instances(64)
-                .build(),
+            http: WasiHttpCtx::new(),
+            gate: HttpGate {
+                grants: grants.clone(),
+                denials: denials.clone(),
+            },
+            memory: MemoryGuard {
+                limit: grants.memory_bytes,
+                refused: None,
+            },
+            stdout,
+            stderr,
+            denials,
+            grants: grants.clone(),
             plugin: plugin.to_owned(),
             flow_id: flow_id.to_owned(),
             step: step.to_owned(),
@@ -47,6 +193,49 @@ impl WasiView for StepCtx {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for StepCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.gate,
+        }
+    }
+}
+
+/// Replaces wasmtime-wasi's `get-directories`: the same folders, but a
+/// plugin granted none that asks is recorded as reaching for files.
+impl preopens::Host for StepCtx {
+    fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
+        if self.grants.files.is_empty() {
+            self.denials
+                .record("filesystem", "looked for files; no folder is granted".into());
+        }
+        preopens::Host::get_directories(&mut self.filesystem())
+    }
+}
+
+/// Replaces wasmtime-wasi's environment: only the granted secrets, no
+/// arguments, no working directory; a plugin granted none that reads the
+/// environment is recorded.
+impl environment::Host for StepCtx {
+    fn get_environment(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        if self.grants.env.is_empty() {
+            self.denials
+                .record("environment", "read the environment; no variable is granted".into());
+        }
+        Ok(self.grants.env.clone())
+    }
+
+    fn get_arguments(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    fn initial_cwd(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(None)
     }
 }
 

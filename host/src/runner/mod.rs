@@ -30,7 +30,7 @@ pub use retry::RetryPolicy;
 use crate::cache::{self, CachedResult, Flight, Leader, ResultCache, SingleFlight};
 use crate::flow::{FlowCatalog, FlowDefinition, Scope, StepDef};
 use crate::metrics::{FlowLabel, FlowOutcome, Metrics, PluginLabel, StepLabel, StepOutcome};
-use crate::plugin::{CONTRACT_VERSION, Call, PluginError, PluginHost, PluginMeta};
+use crate::plugin::{CONTRACT_VERSION, Call, Execution, PluginError, PluginHost, PluginMeta};
 use crate::state::{
     FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, ListFilter, StateStore, StepStatus,
     StoreError,
@@ -38,8 +38,6 @@ use crate::state::{
 
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
-    /// Used for steps whose flow file sets no `timeout_ms`.
-    pub step_timeout: Duration,
     /// Used for what a step's `retry` does not set.
     pub retry: RetryPolicy,
     pub cache: CacheSettings,
@@ -1179,7 +1177,7 @@ impl FlowRunner {
             }
 
             let clock = Instant::now();
-            let result = match &plugin {
+            let execution = match &plugin {
                 Some(plugin) => {
                     let call = Call {
                         flow_id: &id,
@@ -1187,16 +1185,23 @@ impl FlowRunner {
                         attempt: st.attempt,
                         config: &step.config,
                         input: st.inputs.as_ref().unwrap_or(&Value::Null),
-                        timeout: step.timeout.unwrap_or(self.inner.config.step_timeout),
+                        timeout: step.timeout,
                         stop: &active.stop,
                     };
                     self.inner.plugins.execute(plugin, &call).await
                 }
-                None => Err(PluginError::Failed(format!(
-                    "plugin `{}` is not loaded",
-                    step.plugin
-                ))),
+                None => Execution {
+                    result: Err(PluginError::Failed(format!(
+                        "plugin `{}` is not loaded",
+                        step.plugin
+                    ))),
+                    stdout: None,
+                    stderr: None,
+                },
             };
+            st.stdout = execution.stdout;
+            st.stderr = execution.stderr;
+            let result = execution.result;
             let elapsed = clock.elapsed().as_secs_f64();
             st.completed_at = Some(Utc::now());
             st.execution_time = Some(elapsed);
@@ -1205,6 +1210,7 @@ impl FlowRunner {
                     st.status = StepStatus::Completed;
                     st.outputs = Some(output);
                     st.error = None;
+                    st.error_kind = None;
                     "completed"
                 }
                 Err(PluginError::Interrupted) => {
@@ -1232,6 +1238,7 @@ impl FlowRunner {
                     tracing::warn!(flow_id = %flow_id, step = %step.name, plugin = %step.plugin, attempt = st.attempt, error = %e, "step attempt failed");
                     st.status = StepStatus::Failed;
                     st.error = Some(e.to_string());
+                    st.error_kind = Some(e.kind().to_owned());
                     if e.is_retryable() && tries < policy.max_attempts {
                         "retrying"
                     } else {

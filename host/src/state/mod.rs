@@ -140,6 +140,17 @@ pub struct FlowStepState {
     pub cached: bool,
     #[serde(default)]
     pub cache_key: Option<String>,
+    /// Why the last attempt failed, as a stable name: `timed_out`,
+    /// `out_of_memory`, `stack_exhausted`, `panicked`, `output_too_large`,
+    /// `invalid_output`, `capability_denied`, `failed`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    /// What the plugin printed on the last attempt (bounded, control
+    /// characters removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
 }
 
 impl FlowStepState {
@@ -156,6 +167,9 @@ impl FlowStepState {
             attempt: 0,
             cached: false,
             cache_key: None,
+            error_kind: None,
+            stdout: None,
+            stderr: None,
         }
     }
 }
