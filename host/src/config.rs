@@ -411,13 +411,16 @@ impl Config {
             return invalid("redis.key_prefix must not contain { or }".into());
         }
         let l = &self.limits;
-        if [l.step_timeout_ms, l.compile_timeout_ms, l.http_timeout_ms, l.request_timeout_ms]
-            .contains(&0)
+        if [
+            l.step_timeout_ms,
+            l.compile_timeout_ms,
+            l.http_timeout_ms,
+            l.request_timeout_ms,
+        ]
+        .contains(&0)
             || l.max_instances == 0
         {
-            return invalid(
-                "limits: every *_timeout_ms and max_instances must be above 0".into(),
-            );
+            return invalid("limits: every *_timeout_ms and max_instances must be above 0".into());
         }
         if l.plugin_memory_bytes > l.max_plugin_memory_bytes {
             return invalid(format!(

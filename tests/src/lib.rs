@@ -208,6 +208,11 @@ impl Host {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The process id, to read its memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

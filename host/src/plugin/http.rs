@@ -56,12 +56,15 @@ impl WasiHttpHooks for HttpGate {
         };
         let max = self.grants.http_max_response_bytes;
         Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             let response = response.map(|body| {
                 Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
                     .map_err(move |e| match e.downcast::<Error>() {
                         Ok(e) => *e,
-                        Err(e) if e.is::<LengthLimitError>() => Error::HttpResponseBodySize(Some(max)),
+                        Err(e) if e.is::<LengthLimitError>() => {
+                            Error::HttpResponseBodySize(Some(max))
+                        }
                         Err(e) => Error::InternalError(Some(e.to_string())),
                     })
                     .boxed_unsync()

@@ -169,7 +169,9 @@ pub fn grants_for(wasm: &Path, defaults: &Defaults) -> Result<Grants, ManifestEr
     }
     for (guest, host) in &manifest.files {
         if !guest.starts_with('/') {
-            return Err(invalid(format!("files: guest path {guest:?} must be absolute")));
+            return Err(invalid(format!(
+                "files: guest path {guest:?} must be absolute"
+            )));
         }
         if !host.is_dir() {
             return Err(invalid(format!(
@@ -178,20 +180,21 @@ pub fn grants_for(wasm: &Path, defaults: &Defaults) -> Result<Grants, ManifestEr
             )));
         }
     }
+    // A secret that is not set leaves its variable unset: the plugin decides
+    // whether it can work without (a local model server needs no key).
     let mut env = Vec::new();
     for (var, secret) in &manifest.secrets {
-        let value = defaults.secrets.get(secret).ok_or_else(|| {
-            invalid(format!(
-                "secret {secret:?} (for {var}) is not set: set FLOWHOST_SECRET_{secret} or secrets.{secret} in config.yaml"
-            ))
-        })?;
-        env.push((var.clone(), value.clone()));
+        match defaults.secrets.get(secret) {
+            Some(value) => env.push((var.clone(), value.clone())),
+            None => tracing::warn!(
+                manifest = %path.display(),
+                "secret {secret} (for {var}) is not set: set FLOWHOST_SECRET_{secret} or secrets.{secret} in config.yaml"
+            ),
+        }
     }
     Ok(Grants {
         memory_bytes,
-        timeout_ms: l
-            .timeout_ms
-            .unwrap_or(defaults.timeout.as_millis() as u64),
+        timeout_ms: l.timeout_ms.unwrap_or(defaults.timeout.as_millis() as u64),
         max_input_bytes: l.max_input_bytes.unwrap_or(defaults.max_input_bytes),
         max_output_bytes: l.max_output_bytes.unwrap_or(defaults.max_output_bytes),
         fuel: l.fuel.or(defaults.fuel),
@@ -277,13 +280,21 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_that_is_not_set_leaves_its_variable_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = write(dir.path(), "[secrets]\nAPI_KEY = \"MISSING\"");
+        let g = grants_for(&wasm, &defaults()).unwrap();
+        assert!(g.env.is_empty());
+        assert_eq!(g.secret_names, vec!["API_KEY".to_owned()]);
+    }
+
+    #[test]
     fn bad_manifests_are_rejected_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         for (text, needle) in [
             ("[limits]\nmemory_bytes = 1073741824", "ceiling"),
             ("[limits]\nmemroy_bytes = 1", "unknown field"),
             ("[http]\nallow = [\"https://x.com\"]", "host or host:port"),
-            ("[secrets]\nAPI_KEY = \"MISSING\"", "FLOWHOST_SECRET_MISSING"),
             ("[files]\n\"/data\" = \"/no/such/folder\"", "not a folder"),
             ("not toml at all [", "manifest"),
         ] {

@@ -24,12 +24,12 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime_wasi::p2::bindings::cli::environment;
-use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
 };
+use wasmtime_wasi::p2::bindings::cli::environment;
+use wasmtime_wasi::p2::bindings::filesystem::preopens;
 
 pub use bindings::CONTRACT_VERSION;
 use bindings::{Executor, ExecutorPre, StepError, StepRequest};
@@ -561,28 +561,40 @@ impl PluginHost {
         let ctx = store.data();
         let result = match called {
             Err(trap) => Err(classify_trap(&trap, ctx, grants, timeout)),
-            Ok(Ok(text)) if text.len() > grants.max_output_bytes => Err(PluginError::OutputTooLarge {
-                size: text.len(),
-                limit: grants.max_output_bytes,
-            }),
+            Ok(Ok(text)) if text.len() > grants.max_output_bytes => {
+                Err(PluginError::OutputTooLarge {
+                    size: text.len(),
+                    limit: grants.max_output_bytes,
+                })
+            }
             Ok(Ok(text)) => serde_json::from_str(&text).map_err(|e| {
                 PluginError::InvalidOutput(format!("{e} (output began {:?})", sanitize(&text, 64)))
             }),
-            Ok(Err(StepError::InvalidInput(m))) => Err(PluginError::InvalidInput(sanitize(&m, 4096))),
+            Ok(Err(StepError::InvalidInput(m))) => {
+                Err(PluginError::InvalidInput(sanitize(&m, 4096)))
+            }
             Ok(Err(StepError::Failed(m))) => Err(PluginError::Failed(sanitize(&m, 4096))),
             Ok(Err(StepError::Retryable(m))) => Err(PluginError::Retryable(sanitize(&m, 4096))),
         };
-        // A plugin that fails after being refused a capability failed
-        // because of it, whatever it reported.
+        // A plugin that reports a failure (or traps for no reason the host
+        // can name) after being refused a capability failed because of it.
+        // Limits the host enforced (time, memory, stack, fuel, a panic) are
+        // reported as themselves: a panic reads the environment, for one.
         let denials = ctx.denials.list();
         match (result, denials.first()) {
-            (Err(e), Some(denial)) if !matches!(e, PluginError::TimedOut(_)) => {
-                Err(PluginError::CapabilityDenied {
-                    capability: denial.capability,
-                    detail: denial.detail.clone(),
-                    plugin_said: e.to_string(),
-                })
-            }
+            (
+                Err(
+                    e @ (PluginError::Failed(_)
+                    | PluginError::Retryable(_)
+                    | PluginError::InvalidInput(_)
+                    | PluginError::Trapped { .. }),
+                ),
+                Some(denial),
+            ) => Err(PluginError::CapabilityDenied {
+                capability: denial.capability,
+                detail: denial.detail.clone(),
+                plugin_said: e.to_string(),
+            }),
             (result, _) => {
                 for d in &denials {
                     tracing::info!(plugin = %plugin.meta.name, flow_id = call.flow_id, step = call.step, capability = d.capability, detail = %d.detail, "capability denied");
@@ -621,11 +633,18 @@ impl PluginHost {
 /// Names what stopped a call that did not return: the deadline, fuel, the
 /// stack, the memory limit, a panic (its message read from stderr), or
 /// another trap.
-fn classify_trap(e: &wasmtime::Error, ctx: &StepCtx, grants: &Grants, timeout: Duration) -> PluginError {
+fn classify_trap(
+    e: &wasmtime::Error,
+    ctx: &StepCtx,
+    grants: &Grants,
+    timeout: Duration,
+) -> PluginError {
     let trap = e.downcast_ref::<Trap>();
     match trap {
         Some(Trap::Interrupt) => return PluginError::TimedOut(timeout),
-        Some(Trap::OutOfFuel) => return PluginError::FuelExhausted(grants.fuel.unwrap_or(u64::MAX)),
+        Some(Trap::OutOfFuel) => {
+            return PluginError::FuelExhausted(grants.fuel.unwrap_or(u64::MAX));
+        }
         Some(Trap::StackOverflow) => return PluginError::StackExhausted,
         _ => {}
     }
@@ -659,11 +678,16 @@ fn panic_message(stderr: &str) -> Option<String> {
         .lines()
         .take_while(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
         .collect();
-    let place = place.trim_start_matches("panicked at ").trim_end_matches(':');
+    let place = place
+        .trim_start_matches("panicked at ")
+        .trim_end_matches(':');
     Some(format!("{} (at {place})", message.join(" ").trim()))
 }
 
-fn serialize_arc<S: serde::Serializer, T: Serialize>(value: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
+fn serialize_arc<S: serde::Serializer, T: Serialize>(
+    value: &Arc<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     T::serialize(value, s)
 }
 

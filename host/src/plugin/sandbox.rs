@@ -53,7 +53,10 @@ impl Denials {
     }
 
     pub fn list(&self) -> Vec<Denial> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -137,11 +140,12 @@ impl StepCtx {
             Box::pin(async move {
                 // A connect first binds the socket to the wildcard address;
                 // that is allowed to a plugin granted some address.
-                let implicit_bind = matches!(usage, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind)
-                    && addr.ip().is_unspecified()
-                    && addr.port() == 0;
-                let allowed = grants.sockets.contains(&addr)
-                    || (implicit_bind && !grants.sockets.is_empty());
+                let implicit_bind =
+                    matches!(usage, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind)
+                        && addr.ip().is_unspecified()
+                        && addr.port() == 0;
+                let allowed =
+                    grants.sockets.contains(&addr) || (implicit_bind && !grants.sockets.is_empty());
                 if !allowed {
                     let what = match usage {
                         SocketAddrUse::TcpBind | SocketAddrUse::UdpBind if implicit_bind => {
@@ -211,8 +215,10 @@ impl WasiHttpView for StepCtx {
 impl preopens::Host for StepCtx {
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
         if self.grants.files.is_empty() {
-            self.denials
-                .record("filesystem", "looked for files; no folder is granted".into());
+            self.denials.record(
+                "filesystem",
+                "looked for files; no folder is granted".into(),
+            );
         }
         preopens::Host::get_directories(&mut self.filesystem())
     }
@@ -223,9 +229,11 @@ impl preopens::Host for StepCtx {
 /// environment is recorded.
 impl environment::Host for StepCtx {
     fn get_environment(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
-        if self.grants.env.is_empty() {
-            self.denials
-                .record("environment", "read the environment; no variable is granted".into());
+        if self.grants.secret_names.is_empty() {
+            self.denials.record(
+                "environment",
+                "read the environment; no variable is granted".into(),
+            );
         }
         Ok(self.grants.env.clone())
     }

@@ -65,7 +65,9 @@ pub fn request(
         return Err(Error::BadUrl(url.to_owned()));
     }
     let fields = Fields::new();
-    for (name, value) in headers {
+    let length = body.map(|b| b.len().to_string());
+    let length_header = length.as_deref().map(|l| ("content-length", l));
+    for (name, value) in headers.iter().chain(length_header.iter()) {
         fields
             .append(name, value.as_bytes())
             .map_err(|e| Error::Other(format!("header {name}: {e:?}")))?;
