@@ -271,7 +271,7 @@ async fn a_failing_plugin_fails_its_flow_not_the_request() {
         let want = match mode {
             "fail" => "failed: chaos: failed on purpose",
             "invalid" => "invalid input: chaos: invalid on purpose",
-            "panic" => "trapped",
+            "panic" => "panicked: chaos: panicked on purpose (at testing/chaos/src/lib.rs:",
             _ => "returned output that is not JSON",
         };
         let error = run["error"].as_str().unwrap();
@@ -281,6 +281,13 @@ async fn a_failing_plugin_fails_its_flow_not_the_request() {
         );
         assert_eq!(run["steps"][0]["status"], "completed");
         assert_eq!(run["steps"][1]["status"], "failed");
+        let kind = match mode {
+            "fail" => "failed",
+            "invalid" => "invalid_input",
+            "panic" => "panicked",
+            _ => "invalid_output",
+        };
+        assert_eq!(run["steps"][1]["error_kind"], kind, "{mode}: {run}");
         // A trap is retried (3 attempts by default); the plugin's own
         // verdicts are not.
         let attempts = if mode == "panic" { 3 } else { 1 };

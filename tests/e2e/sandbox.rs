@@ -698,3 +698,21 @@ outputs:
         "memory did not return: {before} KiB before, {after} KiB after"
     );
 }
+
+#[tokio::test]
+async fn without_room_for_the_instance_pool_plugins_run_on_demand() {
+    let plugins = plugins_dir(&["text-stats"]);
+    let flows = flows_dir(&[("stats", &one_step("stats", "text-stats", "{}"))]);
+    // A pool this large cannot be reserved on any machine.
+    let config = config_file("limits: {max_instances: 50000000}\n");
+    let host = start(plugins.path(), flows.path(), config.path(), &[]);
+    let (_, run) = execute(&host, "stats", json!({"text": "on demand"})).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["outputs"]["out"]["words"], 2);
+    assert!(
+        host.log()
+            .contains("pooling allocator unavailable, using on-demand allocation"),
+        "{}",
+        host.log()
+    );
+}
