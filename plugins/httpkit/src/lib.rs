@@ -3,7 +3,9 @@
 //! reachable: a call to any other fails with `HttpRequestDenied`.
 
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{ErrorCode, http_error_code, Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+use wasip2::http::types::{
+    ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, Scheme, http_error_code,
+};
 use wasip2::io::streams::StreamError;
 
 /// The most a single write to an output stream may carry.
@@ -32,7 +34,10 @@ impl std::fmt::Display for Error {
         match self {
             Error::BadUrl(url) => write!(f, "not an http(s) URL: {url:?}"),
             Error::Http(ErrorCode::HttpRequestDenied) => {
-                write!(f, "request denied: the host is not on this plugin's allow-list")
+                write!(
+                    f,
+                    "request denied: the host is not on this plugin's allow-list"
+                )
             }
             Error::Http(code) => write!(f, "http error: {code:?}"),
             Error::Other(message) => f.write_str(message),

@@ -18,8 +18,10 @@ mod bindings {
 use bindings::flowhost::executor::host::{LogLevel, log};
 use bindings::{Guest, Json, PluginInfo, StepError, StepRequest};
 
-const INPUT_SCHEMA: &str = r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"}}}"#;
-const OUTPUT_SCHEMA: &str = r#"{"type":"object","properties":{"completion":{"type":"string"},"model":{"type":"string"}}}"#;
+const INPUT_SCHEMA: &str =
+    r#"{"type":"object","required":["prompt"],"properties":{"prompt":{"type":"string"}}}"#;
+const OUTPUT_SCHEMA: &str =
+    r#"{"type":"object","properties":{"completion":{"type":"string"},"model":{"type":"string"}}}"#;
 
 struct LlmComplete;
 
@@ -55,17 +57,23 @@ impl Guest for LlmComplete {
             .map_err(|e| invalid(format!("llm-complete: config is not JSON ({e})")))?;
         let input: Value = serde_json::from_str(&request.input)
             .map_err(|e| invalid(format!("llm-complete: input is not JSON ({e})")))?;
-        let url = config
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid("llm-complete: config needs \"url\", the completions endpoint"))?;
+        let url = config.get("url").and_then(Value::as_str).ok_or_else(|| {
+            invalid("llm-complete: config needs \"url\", the completions endpoint")
+        })?;
         let prompt = input
             .get("prompt")
             .and_then(Value::as_str)
             .ok_or_else(|| invalid("llm-complete: input needs a string \"prompt\""))?;
-        let model = config.get("model").and_then(Value::as_str).unwrap_or("default");
-        let max_tokens = config.get("max_tokens").and_then(Value::as_u64).unwrap_or(256);
-        let body = json!({ "model": model, "prompt": prompt, "max_tokens": max_tokens }).to_string();
+        let model = config
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let max_tokens = config
+            .get("max_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(256);
+        let body =
+            json!({ "model": model, "prompt": prompt, "max_tokens": max_tokens }).to_string();
         let key = std::env::var("LLM_API_KEY").ok();
         let bearer = key.map(|k| format!("Bearer {k}"));
         let mut headers = vec![
@@ -75,7 +83,10 @@ impl Guest for LlmComplete {
         if let Some(bearer) = &bearer {
             headers.push(("authorization", bearer.as_str()));
         }
-        log(LogLevel::Debug, &format!("llm-complete: POST {url}, model {model}"));
+        log(
+            LogLevel::Debug,
+            &format!("llm-complete: POST {url}, model {model}"),
+        );
         let response = httpkit::request("POST", url, &headers, Some(body.as_bytes()))
             .map_err(|e| StepError::Retryable(format!("llm-complete: POST {url}: {e}")))?;
         let text = String::from_utf8_lossy(&response.body);
@@ -94,8 +105,9 @@ impl Guest for LlmComplete {
                 )));
             }
         }
-        let answer: Value = serde_json::from_str(&text)
-            .map_err(|e| StepError::Failed(format!("llm-complete: the answer is not JSON ({e})")))?;
+        let answer: Value = serde_json::from_str(&text).map_err(|e| {
+            StepError::Failed(format!("llm-complete: the answer is not JSON ({e})"))
+        })?;
         let completion = completion_of(&answer).ok_or_else(|| {
             StepError::Failed("llm-complete: the answer has no completion text".into())
         })?;
