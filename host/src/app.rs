@@ -11,6 +11,8 @@ use crate::flow::FlowCatalog;
 use crate::metrics::Metrics;
 use crate::plugin::manifest::Defaults;
 use crate::plugin::{Limits, PluginHost};
+use crate::queue::WorkQueue;
+use crate::queue::worker::QueueSettings;
 use crate::runner::{CacheSettings, FlowRunner, RetryPolicy, RunnerConfig};
 use crate::state::{FallbackStore, RedisStoreConfig, StateStore};
 
@@ -47,10 +49,16 @@ impl App {
             tracing::info!(flow = %flow.name, steps = flow.steps.len(), "flow loaded");
         }
 
+        // This host's name in leases and in the queue's consumer group.
+        let host_id = config.host_id();
+        tracing::info!(host_id, "starting");
         let store = match config.redis_url() {
             Some(url) => {
                 let redis = RedisStoreConfig {
                     url: url.to_owned(),
+                    cluster: config.redis.cluster,
+                    owner: host_id.clone(),
+                    lease_ttl: Duration::from_millis(config.queue.lease_ttl_ms),
                     key_prefix: config.redis.key_prefix.clone(),
                     response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
                     connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
@@ -99,6 +107,7 @@ impl App {
                     single_flight_wait: Duration::from_millis(config.cache.single_flight_wait_ms),
                 },
             },
+            Some(store.clone() as Arc<dyn WorkQueue>),
         );
 
         Ok(Arc::new(App {
@@ -111,9 +120,27 @@ impl App {
         }))
     }
 
-    /// With `recovery.resume_on_start`, resumes in the background the flows
-    /// left paused or running; `serve` calls it once the host is up.
+    /// Starts the host's background work once it serves. Sharing a Redis:
+    /// the queue's take and renew loops, and (with `recovery.resume_on_start`)
+    /// the loop that takes over flows left without a host, this host's
+    /// earlier run included. Alone on memory: with `resume_on_start`, resumes
+    /// the flows left paused or running.
     pub async fn resume_on_start(&self) {
+        if self.runner.is_shared() {
+            let q = &self.config.queue;
+            crate::queue::worker::spawn(
+                self.runner.clone(),
+                self.store.clone(),
+                self.store.clone(),
+                QueueSettings {
+                    max_running: q.max_running,
+                    lease_ttl: Duration::from_millis(q.lease_ttl_ms),
+                    poll: Duration::from_millis(q.poll_ms.max(1)),
+                    reclaim: self.config.recovery.resume_on_start,
+                },
+            );
+            return;
+        }
         if !self.config.recovery.resume_on_start {
             return;
         }

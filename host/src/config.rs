@@ -34,6 +34,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub cache: CacheConfig,
     pub submit: SubmitConfig,
+    pub queue: QueueConfig,
     pub retention: RetentionConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
@@ -60,6 +61,35 @@ pub struct AuthConfig {
     pub protect_metrics: bool,
     /// Whether `/healthz` needs a token too (when tokens are set).
     pub protect_health: bool,
+}
+
+/// Hosts sharing one Redis share the work: see the README's "Several hosts".
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// This host's name in leases and in the queue's consumer group: unique
+    /// among the hosts sharing a Redis, and the same across restarts (so a
+    /// restarted host takes its flows back at once). Empty: the machine's
+    /// hostname and the listen port.
+    pub host_id: String,
+    /// Flows this host runs at once from the shared queue.
+    pub max_running: usize,
+    /// A host's lease on a flow lasts this long unless renewed (every third
+    /// of it); a dead host's flows are taken over about this long after.
+    pub lease_ttl_ms: u64,
+    /// Pause between two looks at an empty queue.
+    pub poll_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            host_id: String::new(),
+            max_running: 256,
+            lease_ttl_ms: 15_000,
+            poll_ms: 5,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -154,8 +184,11 @@ pub struct ShutdownConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`; empty runs on the in-memory store.
+    /// `redis://host:port/db`; empty runs on the in-memory store. With
+    /// `cluster`, one or more comma-separated seed nodes of a Redis Cluster.
     pub url: String,
+    /// Whether `url` names a Redis Cluster.
+    pub cluster: bool,
     /// Prepended to every key flowhost writes.
     pub key_prefix: String,
     /// A Redis command slower than this counts as failed.
@@ -232,6 +265,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             cache: CacheConfig::default(),
             submit: SubmitConfig::default(),
+            queue: QueueConfig::default(),
             retention: RetentionConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
@@ -243,6 +277,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: String::new(),
+            cluster: false,
             key_prefix: "fh:".into(),
             response_timeout_ms: 2000,
             connect_timeout_ms: 1000,
@@ -407,6 +442,14 @@ impl Config {
                 "redis.url {url:?} must start with redis://, rediss:// or unix:// (or be empty for memory)"
             ));
         }
+        if self.queue.host_id.contains(char::is_whitespace) {
+            return invalid("queue.host_id must not contain spaces".into());
+        }
+        if self.queue.lease_ttl_ms < 300 || self.queue.max_running == 0 {
+            return invalid(
+                "queue.lease_ttl_ms must be at least 300 and queue.max_running above 0".into(),
+            );
+        }
         if self.redis.key_prefix.contains(['{', '}']) {
             return invalid("redis.key_prefix must not contain { or }".into());
         }
@@ -453,6 +496,21 @@ impl Config {
 
     pub fn step_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.step_timeout_ms)
+    }
+
+    /// This host's name among the hosts sharing a Redis (`queue.host_id`).
+    pub fn host_id(&self) -> String {
+        let id = self.queue.host_id.trim();
+        if !id.is_empty() {
+            return id.to_owned();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "flowhost".to_owned());
+        let port = self.listen.rsplit(':').next().unwrap_or("0");
+        format!("{host}:{port}")
     }
 
     pub fn artifacts_dir(&self) -> Option<&Path> {

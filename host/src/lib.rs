@@ -12,6 +12,7 @@ pub mod config;
 pub mod flow;
 pub mod metrics;
 pub mod plugin;
+pub mod queue;
 pub mod runner;
 pub mod state;
 

@@ -180,6 +180,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            // A one-off run holds its flow's lease under a name of its own,
+            // never the name of a server on this machine.
+            let mut config = config;
+            config.queue.host_id = format!("{}:run-{}", config.host_id(), std::process::id());
             let app = App::build(config).await?;
             let Some(def) = app.flows.get(&flow).cloned() else {
                 let known: Vec<&str> = app.flows.flows().map(|f| f.name.as_str()).collect();
@@ -300,10 +304,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 fn redis_config(config: &Config) -> flowhost::state::RedisStoreConfig {
     flowhost::state::RedisStoreConfig {
         url: config.redis_url().unwrap_or_default().to_owned(),
+        cluster: config.redis.cluster,
         key_prefix: config.redis.key_prefix.clone(),
         response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
         connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
         retention: None,
+        owner: format!("{}:cli-{}", config.host_id(), std::process::id()),
+        lease_ttl: Duration::from_millis(config.queue.lease_ttl_ms),
     }
 }
 

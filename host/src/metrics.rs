@@ -91,6 +91,9 @@ pub struct Metrics {
     pub plugins_skipped: Gauge,
     pub state_write_errors: Counter,
     pub degraded: Gauge,
+    pub fenced_writes: Counter,
+    pub leases_lost: Counter,
+    pub flows_reclaimed: Counter,
 }
 
 impl Default for Metrics {
@@ -256,6 +259,24 @@ impl Metrics {
             "1 while Redis is configured but unreachable and new flows run on memory",
             degraded.clone(),
         );
+        let fenced_writes = Counter::default();
+        registry.register(
+            "flowhost_state_fenced_writes",
+            "State writes refused because another host had taken the flow's lease",
+            fenced_writes.clone(),
+        );
+        let leases_lost = Counter::default();
+        registry.register(
+            "flowhost_leases_lost",
+            "Flows this host stopped running because its lease on them was lost",
+            leases_lost.clone(),
+        );
+        let flows_reclaimed = Counter::default();
+        registry.register(
+            "flowhost_flows_reclaimed",
+            "Flows this host took over from a host that died or shut down",
+            flows_reclaimed.clone(),
+        );
         Metrics {
             registry,
             flows_started,
@@ -282,6 +303,9 @@ impl Metrics {
             plugins_skipped,
             state_write_errors,
             degraded,
+            fenced_writes,
+            leases_lost,
+            flows_reclaimed,
         }
     }
 

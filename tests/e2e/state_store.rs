@@ -157,10 +157,13 @@ async fn contract(store: &dyn StateStore) {
 fn redis_config(server: &RedisServer, prefix: &str) -> RedisStoreConfig {
     RedisStoreConfig {
         url: server.url(),
+        cluster: false,
         key_prefix: prefix.into(),
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(1),
         retention: Some(Duration::from_secs(3600)),
+        owner: format!("test-{prefix}"),
+        lease_ttl: Duration::from_secs(10),
     }
 }
 
@@ -211,14 +214,18 @@ async fn redis_keys_follow_the_documented_layout() {
         .unwrap();
     keys.sort();
     let id = f.flow_id;
+    // A flow created running is leased to its creator; the queue stream
+    // exists from the first connection.
     assert_eq!(
         keys,
         vec![
             format!("{prefix}flow:{{{id}}}"),
+            format!("{prefix}flow:{{{id}}}:lease"),
             format!("{prefix}flow:{{{id}}}:steps"),
             format!("{prefix}flows:name:layout"),
             format!("{prefix}flows:started"),
             format!("{prefix}flows:status:running"),
+            format!("{prefix}queue"),
         ]
     );
     let status: String = redis::cmd("HGET")

@@ -86,6 +86,9 @@ impl From<StoreError> for ApiError {
                 id: id.to_string(),
             },
             StoreError::Corrupt { .. } => ApiError::Internal(Box::new(e)),
+            StoreError::Fenced(id) => ApiError::Conflict(format!(
+                "flow {id} is now run by another host; this host's change was not applied"
+            )),
         }
     }
 }

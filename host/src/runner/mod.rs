@@ -31,9 +31,10 @@ use crate::cache::{self, CachedResult, Flight, Leader, ResultCache, SingleFlight
 use crate::flow::{FlowCatalog, FlowDefinition, Scope, StepDef};
 use crate::metrics::{FlowLabel, FlowOutcome, Metrics, PluginLabel, StepLabel, StepOutcome};
 use crate::plugin::{CONTRACT_VERSION, Call, Execution, PluginError, PluginHost, PluginMeta};
+use crate::queue::WorkQueue;
 use crate::state::{
-    FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, ListFilter, StateStore, StepStatus,
-    StoreError,
+    Claim, FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, ListFilter, StateStore,
+    StepStatus, StoreError,
 };
 
 #[derive(Clone, Debug)]
@@ -124,6 +125,8 @@ struct Inner {
     single_flight: SingleFlight,
     metrics: Arc<Metrics>,
     config: RunnerConfig,
+    /// The work queue shared with other hosts, when there is one (Redis).
+    queue: Option<Arc<dyn WorkQueue>>,
     /// Flows executing in this process.
     active: Mutex<HashMap<FlowId, Arc<Active>>>,
     /// Cancelled when the shutdown grace period is over: interrupts every
@@ -139,6 +142,8 @@ struct Active {
     stop: CancellationToken,
     /// Set with `stop` when a user cancelled the flow (rather than a shutdown).
     cancelled: AtomicBool,
+    /// Set with `stop` when this host lost the flow's lease to another host.
+    lost: AtomicBool,
     /// Becomes true when the flow's final state is recorded.
     finished: watch::Sender<bool>,
 }
@@ -157,6 +162,17 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Why a stored flow is continued.
+#[derive(Clone, Copy, Debug)]
+enum Restart<'a> {
+    /// A user's resume: every step that did not complete runs.
+    Resume,
+    /// A user's retry of one failed step.
+    Retry(&'a str),
+    /// Taken from the queue, or over from a host that is gone.
+    Claimed,
+}
+
 /// How a run of the scheduler begins: for a new flow every step is pending;
 /// for a resumed one, completed steps are kept and the others start at the
 /// attempt numbers given here.
@@ -170,6 +186,7 @@ impl FlowRunner {
         cache: Arc<dyn ResultCache>,
         metrics: Arc<Metrics>,
         config: RunnerConfig,
+        queue: Option<Arc<dyn WorkQueue>>,
     ) -> Self {
         FlowRunner {
             inner: Arc::new(Inner {
@@ -180,6 +197,7 @@ impl FlowRunner {
                 single_flight: SingleFlight::new(),
                 metrics,
                 config,
+                queue: queue.filter(|q| q.shared()),
                 active: Mutex::new(HashMap::new()),
                 interrupt_all: CancellationToken::new(),
                 draining: AtomicBool::new(false),
@@ -195,6 +213,36 @@ impl FlowRunner {
         self.lock_active().len()
     }
 
+    /// True once shutdown began: no new flow or step starts.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// True when runs are shared with other hosts through a queue.
+    pub fn is_shared(&self) -> bool {
+        self.inner.queue.is_some()
+    }
+
+    /// Stops running a flow whose lease this host lost: another host runs
+    /// it now. Nothing more is written for it from here (the store would
+    /// refuse it anyway).
+    pub fn lose(&self, id: FlowId) {
+        self.inner.metrics.leases_lost.inc();
+        tracing::warn!(flow_id = %id, "lease lost: another host runs this flow now; stopping it here");
+        if let Some(active) = self.lock_active().get(&id).cloned() {
+            active.lost.store(true, Ordering::SeqCst);
+            active.stop.cancel();
+        }
+    }
+
+    /// Runs a flow taken from the shared queue, or left without a host:
+    /// claims its lease and continues it from its last completed step. A
+    /// flow that finished or failed is left as it is (`None`).
+    pub async fn run_claimed(&self, id: FlowId) -> Result<Option<FlowState>, RunError> {
+        self.detached(|r| async move { r.restart(id, Restart::Claimed).await })
+            .await
+    }
+
     /// Claims `id` for this process; fails if it is executing here already.
     fn activate(&self, id: FlowId) -> Result<ActiveGuard, RunError> {
         if self.inner.draining.load(Ordering::SeqCst) {
@@ -207,6 +255,7 @@ impl FlowRunner {
         let entry = Arc::new(Active {
             stop: self.inner.interrupt_all.child_token(),
             cancelled: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
             finished: watch::channel(false).0,
         });
         active.insert(id, entry.clone());
@@ -540,6 +589,9 @@ impl FlowRunner {
         if let Some(earlier) = self.replayed(&def, &ctx).await? {
             return Ok(earlier.flow_id);
         }
+        if let Some(queue) = &self.inner.queue {
+            return self.submit_shared(queue, &def, inputs, ctx).await;
+        }
         let in_flight = self.active_count();
         if in_flight >= self.inner.config.max_async_in_flight {
             return Err(RunError::Busy {
@@ -577,18 +629,71 @@ impl FlowRunner {
         Ok(id)
     }
 
+    /// A submission with hosts sharing the work: recorded pending and put on
+    /// the queue, for whichever host has room. Refused while the queue holds
+    /// `max_async_in_flight` unfinished runs.
+    async fn submit_shared(
+        &self,
+        queue: &Arc<dyn WorkQueue>,
+        def: &Arc<FlowDefinition>,
+        inputs: Map<String, Value>,
+        ctx: FlowContext,
+    ) -> Result<FlowId, RunError> {
+        if self.is_draining() {
+            return Err(RunError::ShuttingDown);
+        }
+        let backlog = queue.backlog().await.map_err(RunError::Store)? as usize;
+        if backlog >= self.inner.config.max_async_in_flight {
+            return Err(RunError::Busy {
+                in_flight: backlog,
+                retry_after_secs: 1,
+            });
+        }
+        let mut state = self.new_state(def, inputs, ctx, FlowStatus::Pending);
+        let id = state.flow_id;
+        if let Some(key) = self.flow_cache_key(def, &state.inputs)
+            && self.flow_cache_hit(def, &mut state, &key).await?.is_some()
+        {
+            return Ok(id);
+        }
+        self.create(&mut state).await?;
+        if let Err(e) = queue.enqueue(id).await {
+            // Recorded but not queued: fail it rather than leave it waiting.
+            let patch = FlowPatch {
+                status: Some(FlowStatus::Failed),
+                completed_at: Some(Utc::now()),
+                error: Some(format!("could not be queued: {e}")),
+                ..FlowPatch::default()
+            };
+            let r = self.inner.store.update_flow(id, &patch).await;
+            self.record(id, r);
+            return Err(RunError::NotDurable(format!(
+                "the work queue is unavailable ({e}); retry later, or use /execute"
+            )));
+        }
+        Ok(id)
+    }
+
     /// Continues a failed, paused or interrupted flow from the steps that did
     /// not complete. Completed steps keep their state and output.
     pub async fn resume_flow(&self, id: FlowId) -> Result<FlowState, RunError> {
-        self.detached(|r| async move { r.restart(id, None).await })
-            .await
+        self.detached(|r| async move {
+            r.restart(id, Restart::Resume)
+                .await
+                .map(|s| s.expect("a resume always runs"))
+        })
+        .await
     }
 
     /// Resets one failed step and continues the flow from it.
     pub async fn retry_step(&self, id: FlowId, step: &str) -> Result<FlowState, RunError> {
         let step = step.to_owned();
-        self.detached(|r| async move { r.restart(id, Some(&step)).await })
-            .await
+        self.detached(|r| async move {
+            r.restart(id, Restart::Retry(&step))
+                .await
+                .map(|s| s.expect("a retry always runs"))
+        })
+        .await
     }
 
     /// A stored flow, or `NotFound`.
@@ -601,18 +706,57 @@ impl FlowRunner {
             .ok_or(RunError::NotFound(id))
     }
 
-    async fn restart(&self, id: FlowId, only_step: Option<&str>) -> Result<FlowState, RunError> {
+    /// Claims a flow's lease for this host and continues the flow. `Claimed`
+    /// runs (from the queue, or taken over) leave a finished or failed flow
+    /// alone and return `None`; a resume or retry says why it cannot run.
+    async fn restart(&self, id: FlowId, how: Restart<'_>) -> Result<Option<FlowState>, RunError> {
         let guard = self.activate(id)?;
+        match self.inner.store.claim(id).await.map_err(RunError::Store)? {
+            Claim::Granted => {}
+            Claim::HeldElsewhere(owner) => {
+                return Err(RunError::Conflict(format!(
+                    "flow {id} is running on another host ({owner})"
+                )));
+            }
+            Claim::Missing => return Err(RunError::NotFound(id)),
+        }
+        let result = self.restart_claimed(id, how, &guard).await;
+        if !matches!(result, Ok(Some(_))) {
+            // Not run after all: let the lease go at once.
+            if let Err(e) = self.inner.store.release(id).await {
+                tracing::debug!(flow_id = %id, error = %e, "cannot release a lease");
+            }
+        }
+        result
+    }
+
+    async fn restart_claimed(
+        &self,
+        id: FlowId,
+        how: Restart<'_>,
+        guard: &ActiveGuard,
+    ) -> Result<Option<FlowState>, RunError> {
+        let only_step = match how {
+            Restart::Retry(step) => Some(step),
+            Restart::Resume | Restart::Claimed => None,
+        };
         let mut state = self.stored(id).await?;
-        match state.status {
-            FlowStatus::Completed | FlowStatus::Cancelled => {
+        let was = state.status;
+        match (state.status, how) {
+            (
+                FlowStatus::Completed | FlowStatus::Cancelled | FlowStatus::Failed,
+                Restart::Claimed,
+            ) => return Ok(None),
+            (FlowStatus::Completed | FlowStatus::Cancelled, _) => {
                 return Err(RunError::Conflict(format!(
                     "flow {id} is {}: only a failed, paused or interrupted flow can continue",
                     state.status
                 )));
             }
-            FlowStatus::Pending | FlowStatus::Running | FlowStatus::Failed | FlowStatus::Paused => {
-            }
+            (
+                FlowStatus::Pending | FlowStatus::Running | FlowStatus::Failed | FlowStatus::Paused,
+                _,
+            ) => {}
         }
         let def = self
             .inner
@@ -672,14 +816,20 @@ impl FlowRunner {
         state.total_execution_time = None;
         state.outputs = None;
         state.error = None;
-        let resumes = state
-            .metadata
-            .get("resumes")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        state
-            .metadata
-            .insert("resumes".into(), (resumes + 1).into());
+        // A queued run starting for the first time is no resume.
+        if was != FlowStatus::Pending {
+            let resumes = state
+                .metadata
+                .get("resumes")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            state
+                .metadata
+                .insert("resumes".into(), (resumes + 1).into());
+            if matches!(how, Restart::Claimed) {
+                self.inner.metrics.flows_reclaimed.inc();
+            }
+        }
         let patch = FlowPatch {
             status: Some(FlowStatus::Running),
             metadata: Some(state.metadata.clone()),
@@ -691,8 +841,12 @@ impl FlowRunner {
             .update_flow(id, &patch)
             .await
             .map_err(RunError::Store)?;
-        tracing::info!(flow = %def.name, flow_id = %id, steps = first.len(), "flow resumed");
-        self.drive(&def, state, first, &guard.entry, false).await
+        if was != FlowStatus::Pending {
+            tracing::info!(flow = %def.name, flow_id = %id, steps = first.len(), "flow resumed");
+        }
+        self.drive(&def, state, first, &guard.entry, false)
+            .await
+            .map(Some)
     }
 
     /// Cancels a flow: a running one stops its steps (within about one epoch
@@ -1217,6 +1371,10 @@ impl FlowRunner {
                     if active.cancelled.load(Ordering::SeqCst) {
                         st.status = StepStatus::Cancelled;
                         st.error = Some("cancelled while running".into());
+                    } else if active.lost.load(Ordering::SeqCst) {
+                        // Another host runs the flow now; nothing is recorded.
+                        st.status = StepStatus::Pending;
+                        st.error = Some("interrupted: lease lost".into());
                     } else {
                         // Shutdown: this attempt runs again on resume.
                         st.status = StepStatus::Pending;
@@ -1319,6 +1477,12 @@ impl FlowRunner {
     /// A failed state write does not stop the flow: it is logged and counted,
     /// and the flow's result is still returned to the caller.
     fn record(&self, flow_id: FlowId, result: Result<(), StoreError>) {
+        if let Err(StoreError::Fenced(id)) = result {
+            self.inner.metrics.fenced_writes.inc();
+            tracing::warn!(flow_id = %id, "state write refused: another host holds this flow's lease");
+            self.lose(id);
+            return;
+        }
         if let Err(e) = result {
             self.inner.metrics.state_write_errors.inc();
             tracing::error!(flow_id = %flow_id, error = %e, "state write failed; the flow goes on");

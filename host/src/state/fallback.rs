@@ -14,10 +14,12 @@ use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
 
 use crate::metrics::{Metrics, OpLabel};
 
+use super::redis::Delivery;
 use super::{
-    FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, MemoryStore, RedisStore,
-    RedisStoreConfig, StateStore, StoreError,
+    Claim, FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, MemoryStore,
+    RedisStore, RedisStoreConfig, StateStore, StoreError,
 };
+use crate::queue::WorkQueue;
 
 /// What `/healthz` reports about Redis.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -300,6 +302,77 @@ impl StateStore for FallbackStore {
 
     fn degraded(&self) -> bool {
         self.is_degraded()
+    }
+
+    async fn claim(&self, id: FlowId) -> Result<Claim, StoreError> {
+        match self.owner(id)? {
+            Owner::Memory => self.memory.claim(id).await,
+            Owner::Redis(r) => self.timed("claim", r.claim(id)).await,
+        }
+    }
+
+    async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {
+        match self.current() {
+            Some(r) => self.timed("renew_claims", r.renew_claims()).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn release(&self, id: FlowId) -> Result<(), StoreError> {
+        match self.owner(id)? {
+            Owner::Memory => Ok(()),
+            Owner::Redis(r) => self.timed("release", r.release(id)).await,
+        }
+    }
+}
+
+impl FallbackStore {
+    /// The Redis store for queue operations: they need Redis, healthy.
+    fn queue_store(&self) -> Result<RedisStore, StoreError> {
+        self.healthy()
+            .ok_or_else(|| StoreError::Unavailable("redis is not reachable".into()))
+    }
+}
+
+#[async_trait]
+impl WorkQueue for FallbackStore {
+    fn shared(&self) -> bool {
+        self.config.is_some()
+    }
+
+    async fn enqueue(&self, id: FlowId) -> Result<(), StoreError> {
+        let r = self.queue_store()?;
+        self.timed("enqueue", r.enqueue(id)).await
+    }
+
+    async fn backlog(&self) -> Result<u64, StoreError> {
+        let r = self.queue_store()?;
+        self.timed("backlog", r.backlog()).await
+    }
+
+    async fn take(&self, max: usize) -> Result<Vec<Delivery>, StoreError> {
+        let r = self.queue_store()?;
+        self.timed("take", r.take(max)).await
+    }
+
+    async fn reclaim_deliveries(
+        &self,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let r = self.queue_store()?;
+        self.timed("reclaim", r.reclaim_deliveries(min_idle, max))
+            .await
+    }
+
+    async fn done(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let r = self.queue_store()?;
+        self.timed("done", r.done(delivery)).await
+    }
+
+    async fn orphans(&self, idle: Duration, max: usize) -> Result<Vec<FlowId>, StoreError> {
+        let r = self.queue_store()?;
+        self.timed("orphans", r.orphans(idle, max)).await
     }
 }
 

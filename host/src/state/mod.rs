@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 pub use fallback::{FallbackStore, RedisHealth};
 pub use memory::MemoryStore;
-pub use redis::{RedisStore, RedisStoreConfig};
+pub use redis::{Delivery, RedisStore, RedisStoreConfig};
 
 /// A flow run's id: a UUID, v7 when flowhost generates it so ids sort by time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -306,6 +306,21 @@ pub enum StoreError {
     NotFound(FlowId),
     #[error("corrupt state for flow {flow_id}: {reason}")]
     Corrupt { flow_id: String, reason: String },
+    /// The write carried a fencing token that is no longer the flow's:
+    /// another host took the flow over, and the write was not applied.
+    #[error("flow {0}: write refused, another host holds the flow's lease now")]
+    Fenced(FlowId),
+}
+
+/// What claiming a flow's lease found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This host holds the lease now; its writes carry the new fencing token.
+    Granted,
+    /// Another live host holds it (its owner id).
+    HeldElsewhere(String),
+    /// No such flow.
+    Missing,
 }
 
 /// Where flow and step state lives. Object-safe: chosen once at start as
@@ -348,6 +363,26 @@ pub trait StateStore: Send + Sync {
             .and_then(|age| Utc::now().checked_sub_signed(age))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         self.prune(cutoff).await
+    }
+    /// Takes the lease on a flow for this host. Until it is lost or given up,
+    /// this host's writes to the flow carry the lease's fencing token, and a
+    /// store shared by several hosts refuses them (`Fenced`) once another
+    /// host has taken the lease over. A flow created `running` is leased to
+    /// its creator; a write that leaves a flow finished or paused gives the
+    /// lease up. Stores that serve one host grant every claim.
+    async fn claim(&self, id: FlowId) -> Result<Claim, StoreError> {
+        let _ = id;
+        Ok(Claim::Granted)
+    }
+    /// Renews every lease this host holds; returns the flows whose lease was
+    /// lost (expired and taken, or the flow gone).
+    async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Gives up this host's lease on a flow, if it holds one.
+    async fn release(&self, id: FlowId) -> Result<(), StoreError> {
+        let _ = id;
+        Ok(())
     }
     /// Maps an idempotency key to a flow for `ttl`, unless it maps to one
     /// already: then returns that flow and changes nothing.

@@ -8,30 +8,40 @@
 //! - `P flows:name:NAME`  sorted set of one definition's runs by start time (ms)
 //! - `P flows:status:S`   sorted set of the flows in status S, by the time
 //!   they entered it (ms)
+//! - `P flow:{ID}:lease`  string, `OWNER TOKEN` of the host running the flow,
+//!   with a TTL the owner renews; the header's `fence` field holds the
+//!   latest token, and every write of the owner checks it (in Lua)
+//! - `P queue`            stream of submitted runs (`flow` = id), read by the
+//!   consumer group `flowhost`, one consumer per host
 //! - `P idem:{KEY}`       string, the flow id an idempotency key names (TTL)
 //! - `P cache:{KEY}`      string, one cached result as JSON, with a TTL (PX)
 //! - `P cache:plugin:NAME`, `P cache:flow:NAME`  sets of the cache keys each
 //!   plugin computed and each flow stored, for invalidation; they expire with
 //!   their longest-lived entry
 //!
-//! One multiplexed connection (`ConnectionManager`) is shared by all requests;
-//! each write is one pipeline, so recording a step costs one round trip.
+//! One multiplexed connection (a `ConnectionManager`, or a cluster connection)
+//! is shared by all requests; each write is one script call, so recording a
+//! step costs one round trip. On one server the index lines change in the
+//! same script; on a Cluster, where they live in other slots, in a pipeline
+//! right after it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Pipeline, RedisError};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture};
 
 use serde_json::{Map, Value};
 
 use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
 
 use super::{
-    FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, FlowSummary, ListFilter, StateStore,
-    StoreError,
+    Claim, FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, FlowSummary, ListFilter,
+    StateStore, StoreError,
 };
 
 const ALL_STATUSES: [FlowStatus; 6] = [
@@ -52,18 +62,24 @@ const SUMMARY_FIELDS: [&str; 6] = [
     "total_execution_time",
 ];
 
-/// Creates a flow in one round trip, unless its header exists: the header,
-/// every step, and its lines in the start, name and status indexes.
-/// KEYS: header, steps, started, by-name, status, then the other statuses.
-/// ARGV: id, start ms, 2 × header fields, header pairs, step pairs.
+/// Creates a flow in one round trip, unless its header exists: the header
+/// and every step; a flow created `running` is leased to its creator (fence
+/// token 1); on one server also its lines in the start, name and status
+/// indexes. KEYS: header, steps, lease, then (inline indexes only) started,
+/// by-name, status, the other statuses. ARGV: id, start ms, owner ('' for no
+/// lease), lease ms, 2 × header fields, header pairs, step pairs.
 static CREATE_FLOW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
+local n = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + n))
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'fence', 1)
+  redis.call('SET', KEYS[3], ARGV[3] .. ' 1', 'PX', ARGV[4])
+end
 local chunk = {}
-for j = 4 + n, #ARGV do
+for j = 6 + n, #ARGV do
   chunk[#chunk + 1] = ARGV[j]
   if #chunk == 500 then
     redis.call('HSET', KEYS[2], unpack(chunk))
@@ -71,18 +87,106 @@ for j = 4 + n, #ARGV do
   end
 end
 if #chunk > 0 then redis.call('HSET', KEYS[2], unpack(chunk)) end
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-for k = 6, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
-redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+if #KEYS > 3 then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+  for k = 7, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
+  redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
+end
 return 1
 ",
     )
 });
 
+/// Writes steps and header fields of one flow, if the writer's fencing token
+/// is still the flow's (or the write is not fenced), and gives up the lease
+/// when asked (a finished or paused flow). Returns 1, or 0 when fenced.
+/// KEYS: header, steps, lease, then (inline indexes only) the new status's
+/// index and the other statuses'. ARGV: token ('' unfenced), lease value to
+/// release ('' none), clear result ('1'), expiry ('' none, 'persist', or ms),
+/// 2 × header fields, header pairs, 2 × steps, step pairs, then (inline
+/// indexes only) member and score.
+static WRITE_FLOW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+if ARGV[3] == '1' then
+  redis.call('HDEL', KEYS[1], 'completed_at', 'total_execution_time', 'outputs', 'error')
+end
+local n = tonumber(ARGV[5])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + n)) end
+local m = tonumber(ARGV[6 + n])
+local first, last = 7 + n, 6 + n + m
+while first <= last do
+  local upto = math.min(first + 499, last)
+  redis.call('HSET', KEYS[2], unpack(ARGV, first, upto))
+  first = upto + 1
+end
+if ARGV[4] == 'persist' then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+elseif ARGV[4] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+if ARGV[2] ~= '' and redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+if #KEYS > 3 then
+  local member, score = ARGV[7 + n + m], ARGV[8 + n + m]
+  for k = 5, #KEYS do redis.call('ZREM', KEYS[k], member) end
+  redis.call('ZADD', KEYS[4], score, member)
+end
+return 1
+",
+    )
+});
+
+/// Takes a flow's lease for OWNER unless another owner holds it: bumps the
+/// fence token and sets the lease. KEYS: header, lease. ARGV: owner, lease ms.
+/// Returns the token, -1 when held by another owner (then the holder as a
+/// second value), -2 when the flow does not exist.
+static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local held = redis.call('GET', KEYS[2])
+if held and string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return {-1, held} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, ''} end
+local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
+return {token, ''}
+",
+    )
+});
+
+/// Extends a lease if it is still the caller's. KEYS: lease. ARGV: value, ms.
+static RENEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+",
+    )
+});
+
+/// Deletes a lease if it is still the caller's. KEYS: lease. ARGV: value.
+static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+/// The consumer group of the submission stream.
+const GROUP: &str = "flowhost";
+
 #[derive(Clone, Debug)]
 pub struct RedisStoreConfig {
+    /// A `redis://` URL; with `cluster`, one or more (comma-separated) seed
+    /// nodes of a Redis Cluster.
     pub url: String,
+    pub cluster: bool,
     /// Prepended to every key; must not contain `{` or `}`.
     pub key_prefix: String,
     /// How long one command may take before it counts as a failure.
@@ -90,13 +194,63 @@ pub struct RedisStoreConfig {
     pub connect_timeout: Duration,
     /// A finished flow's keys expire this long after it finished.
     pub retention: Option<Duration>,
+    /// This host's name in leases and in the consumer group.
+    pub owner: String,
+    /// How long a lease lives unless renewed.
+    pub lease_ttl: Duration,
+}
+
+/// A connection to one server or to a Cluster; both multiplexed.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// One delivery of a submitted run from the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub entry: String,
+    pub flow_id: FlowId,
 }
 
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     retention: Option<Duration>,
+    owner: String,
+    lease_ttl: Duration,
+    /// The fencing token of every lease this host holds, by flow.
+    held: Arc<Mutex<HashMap<FlowId, u64>>>,
 }
 
 #[derive(Clone)]
@@ -110,6 +264,12 @@ impl Keys {
     }
     fn steps(&self, id: FlowId) -> String {
         format!("{}flow:{{{id}}}:steps", self.prefix)
+    }
+    fn lease(&self, id: FlowId) -> String {
+        format!("{}flow:{{{id}}}:lease", self.prefix)
+    }
+    fn queue(&self) -> String {
+        format!("{}queue", self.prefix)
     }
     fn started(&self) -> String {
         format!("{}flows:started", self.prefix)
@@ -138,25 +298,61 @@ impl RedisStore {
     /// Connects once and fails when Redis cannot be reached now; afterwards
     /// the connection manager reconnects by itself.
     pub async fn connect(config: &RedisStoreConfig) -> Result<Self, StoreError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(unavailable)?;
+        let conn = if config.cluster {
+            let seeds: Vec<&str> = config.url.split(',').map(str::trim).collect();
+            let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.response_timeout)
+                .retries(1)
+                .build()
+                .map_err(unavailable)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+        } else {
+            let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(config.response_timeout))
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(
+                client
+                    .get_connection_manager_with_config(manager_config)
+                    .await
+                    .map_err(unavailable)?,
+            )
+        };
         let store = RedisStore {
             conn,
             keys: Keys {
                 prefix: config.key_prefix.clone(),
             },
             retention: config.retention,
+            owner: config.owner.clone(),
+            lease_ttl: config.lease_ttl,
+            held: Arc::default(),
         };
         store.ping().await?;
+        store.ensure_group().await?;
+        // Loaded up front, so that no request pays for sending a script.
+        for script in [&*CREATE_FLOW, &*WRITE_FLOW, &*CLAIM, &*RENEW, &*RELEASE] {
+            script
+                .load_async(&mut store.conn.clone())
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(store)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<FlowId, u64>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lease_value(&self, token: u64) -> String {
+        format!("{} {token}", self.owner)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -167,43 +363,19 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Runs a pipeline as one MULTI/EXEC: a header field and its status index
-    /// never disagree, and it is still one round trip.
-    async fn run(&self, pipe: &Pipeline) -> Result<(), StoreError> {
+    /// Runs a pipeline: as one MULTI/EXEC on one server (a header field and
+    /// its status index never disagree); on a Cluster, whose keys live in
+    /// many slots, command by command.
+    async fn run(&self, mut pipe: Pipeline) -> Result<(), StoreError> {
+        if !self.is_cluster() {
+            pipe.atomic();
+        }
         pipe.exec_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)
     }
 
-    fn push_patch(&self, pipe: &mut Pipeline, id: FlowId, patch: &FlowPatch) {
-        if patch.clear_result {
-            pipe.hdel(
-                self.keys.flow(id),
-                &["completed_at", "total_execution_time", "outputs", "error"][..],
-            )
-            .ignore();
-        }
-        let fields = patch_fields(patch);
-        if !fields.is_empty() {
-            pipe.hset_multiple(self.keys.flow(id), &fields).ignore();
-        }
-        if let Some(status) = patch.status {
-            self.push_status_index(pipe, id, status, Utc::now().timestamp_millis());
-            // A finished flow expires after the retention period; one that
-            // runs again (resumed) keeps its keys.
-            for key in [self.keys.flow(id), self.keys.steps(id)] {
-                match self.retention {
-                    Some(keep) if status.is_finished() => {
-                        pipe.pexpire(key, keep.as_millis() as i64).ignore();
-                    }
-                    _ => {
-                        pipe.persist(key).ignore();
-                    }
-                }
-            }
-        }
-    }
-
+    /// The index lines of a flow in `status` since `at_ms`, for a pipeline.
     fn push_status_index(&self, pipe: &mut Pipeline, id: FlowId, status: FlowStatus, at_ms: i64) {
         let member = id.to_string();
         for other in ALL_STATUSES.iter().filter(|s| **s != status) {
@@ -211,6 +383,74 @@ impl RedisStore {
         }
         pipe.zadd(self.keys.by_status(status), &member, at_ms)
             .ignore();
+    }
+
+    /// One fenced write of a flow's steps and header (see `WRITE_FLOW`).
+    async fn write(
+        &self,
+        id: FlowId,
+        steps: &[&FlowStepState],
+        patch: &FlowPatch,
+    ) -> Result<(), StoreError> {
+        let token = self.held().get(&id).copied();
+        // A flow left finished or paused is given up by its owner.
+        let release = token.filter(|_| {
+            patch
+                .status
+                .is_some_and(|s| !matches!(s, FlowStatus::Running | FlowStatus::Pending))
+        });
+        let expiry = match (patch.status, self.retention) {
+            (Some(s), Some(keep)) if s.is_finished() => keep.as_millis().to_string(),
+            (Some(_), _) => "persist".to_owned(),
+            (None, _) => String::new(),
+        };
+        let inline_index = patch.status.filter(|_| !self.is_cluster());
+        let mut invocation = WRITE_FLOW.prepare_invoke();
+        invocation
+            .key(self.keys.flow(id))
+            .key(self.keys.steps(id))
+            .key(self.keys.lease(id));
+        if let Some(status) = inline_index {
+            invocation.key(self.keys.by_status(status));
+            for other in ALL_STATUSES.iter().filter(|s| **s != status) {
+                invocation.key(self.keys.by_status(*other));
+            }
+        }
+        let fields = patch_fields(patch);
+        invocation
+            .arg(token.map(|t| t.to_string()).unwrap_or_default())
+            .arg(release.map(|t| self.lease_value(t)).unwrap_or_default())
+            .arg(if patch.clear_result { "1" } else { "0" })
+            .arg(expiry)
+            .arg(fields.len() * 2);
+        for (field, value) in &fields {
+            invocation.arg(*field).arg(value);
+        }
+        invocation.arg(steps.len() * 2);
+        for step in steps {
+            invocation.arg(&step.step_name).arg(encode_step(step)?);
+        }
+        let now = Utc::now().timestamp_millis();
+        if inline_index.is_some() {
+            invocation.arg(id.to_string()).arg(now);
+        }
+        let written: i64 = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if written == 0 {
+            self.held().remove(&id);
+            return Err(StoreError::Fenced(id));
+        }
+        if release.is_some() {
+            self.held().remove(&id);
+        }
+        if let (Some(status), None) = (patch.status, inline_index) {
+            let mut pipe = redis::pipe();
+            self.push_status_index(&mut pipe, id, status, now);
+            self.run(pipe).await?;
+        }
+        Ok(())
     }
 }
 
@@ -260,19 +500,29 @@ impl StateStore for RedisStore {
             metadata: Some(flow.metadata.clone()),
             clear_result: false,
         }));
+        // A flow created running is its creator's; a pending one waits for
+        // a host to claim it.
+        let leased = flow.status == FlowStatus::Running;
+        let inline_index = !self.is_cluster();
         let mut invocation = CREATE_FLOW.prepare_invoke();
         invocation
             .key(self.keys.flow(id))
             .key(self.keys.steps(id))
-            .key(self.keys.started())
-            .key(self.keys.by_name(&flow.flow_name))
-            .key(self.keys.by_status(flow.status));
-        for other in ALL_STATUSES.iter().filter(|s| **s != flow.status) {
-            invocation.key(self.keys.by_status(*other));
+            .key(self.keys.lease(id));
+        if inline_index {
+            invocation
+                .key(self.keys.started())
+                .key(self.keys.by_name(&flow.flow_name))
+                .key(self.keys.by_status(flow.status));
+            for other in ALL_STATUSES.iter().filter(|s| **s != flow.status) {
+                invocation.key(self.keys.by_status(*other));
+            }
         }
         invocation
             .arg(id.to_string())
             .arg(flow.started_at.timestamp_millis())
+            .arg(if leased { self.owner.as_str() } else { "" })
+            .arg(self.lease_ttl.as_millis() as u64)
             .arg(header.len() * 2);
         for (field, value) in &header {
             invocation.arg(*field).arg(value);
@@ -287,6 +537,19 @@ impl StateStore for RedisStore {
         if created == 0 {
             return Err(StoreError::AlreadyExists(id));
         }
+        if leased {
+            self.held().insert(id, 1);
+        }
+        if !inline_index {
+            let member = id.to_string();
+            let at = flow.started_at.timestamp_millis();
+            let mut pipe = redis::pipe();
+            pipe.zadd(self.keys.started(), &member, at).ignore();
+            pipe.zadd(self.keys.by_name(&flow.flow_name), &member, at)
+                .ignore();
+            self.push_status_index(&mut pipe, id, flow.status, at);
+            self.run(pipe).await?;
+        }
         Ok(())
     }
 
@@ -296,27 +559,14 @@ impl StateStore for RedisStore {
         steps: &[&FlowStepState],
         patch: &FlowPatch,
     ) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if !steps.is_empty() {
-            let fields = steps
-                .iter()
-                .map(|s| Ok((s.step_name.as_str(), encode_step(s)?)))
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            pipe.hset_multiple(self.keys.steps(id), &fields).ignore();
-        }
-        self.push_patch(&mut pipe, id, patch);
-        self.run(&pipe).await
+        self.write(id, steps, patch).await
     }
 
     async fn update_flow(&self, id: FlowId, patch: &FlowPatch) -> Result<(), StoreError> {
         if patch.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        self.push_patch(&mut pipe, id, patch);
-        self.run(&pipe).await
+        self.write(id, &[], patch).await
     }
 
     async fn get_flow(&self, id: FlowId) -> Result<Option<FlowState>, StoreError> {
@@ -421,12 +671,13 @@ impl StateStore for RedisStore {
         let mut pipe = redis::pipe();
         pipe.del(self.keys.flow(id)).ignore();
         pipe.del(self.keys.steps(id)).ignore();
+        pipe.del(self.keys.lease(id)).ignore();
         pipe.zrem(self.keys.started(), &member).ignore();
         pipe.zrem(self.keys.by_name(&name), &member).ignore();
         for status in ALL_STATUSES {
             pipe.zrem(self.keys.by_status(status), &member).ignore();
         }
-        self.run(&pipe).await?;
+        self.run(pipe).await?;
         Ok(true)
     }
 
@@ -458,7 +709,7 @@ impl StateStore for RedisStore {
                     let mut pipe = redis::pipe();
                     pipe.zrem(&index, &raw).ignore();
                     pipe.zrem(self.keys.started(), &raw).ignore();
-                    self.run(&pipe).await?;
+                    self.run(pipe).await?;
                 }
             }
         }
@@ -492,9 +743,244 @@ impl StateStore for RedisStore {
             .transpose()
     }
 
+    async fn claim(&self, id: FlowId) -> Result<Claim, StoreError> {
+        let (token, holder): (i64, String) = CLAIM
+            .key(self.keys.flow(id))
+            .key(self.keys.lease(id))
+            .arg(&self.owner)
+            .arg(self.lease_ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(match token {
+            -1 => Claim::HeldElsewhere(holder.split(' ').next().unwrap_or_default().to_owned()),
+            -2 => Claim::Missing,
+            token => {
+                self.held().insert(id, token as u64);
+                Claim::Granted
+            }
+        })
+    }
+
+    async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {
+        let held: Vec<(FlowId, u64)> = self.held().iter().map(|(k, v)| (*k, *v)).collect();
+        let mut lost = Vec::new();
+        for (id, token) in held {
+            let renewed: i64 = RENEW
+                .key(self.keys.lease(id))
+                .arg(self.lease_value(token))
+                .arg(self.lease_ttl.as_millis() as u64)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            if renewed == 0 {
+                let mut held = self.held();
+                // Only if it was not given up or claimed anew meanwhile.
+                if held.get(&id) == Some(&token) {
+                    held.remove(&id);
+                    lost.push(id);
+                }
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn release(&self, id: FlowId) -> Result<(), StoreError> {
+        let Some(token) = self.held().remove(&id) else {
+            return Ok(());
+        };
+        let _: i64 = RELEASE
+            .key(self.keys.lease(id))
+            .arg(self.lease_value(token))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     fn backend(&self) -> &'static str {
         "redis"
     }
+}
+
+/// The submission stream and its consumer group: the work queue that hosts
+/// sharing this Redis read from.
+impl RedisStore {
+    /// Creates the consumer group (and the stream) unless it exists.
+    async fn ensure_group(&self) -> Result<(), StoreError> {
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.queue())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other.map_err(unavailable),
+        }
+    }
+
+    pub async fn enqueue(&self, id: FlowId) -> Result<(), StoreError> {
+        let _: String = redis::cmd("XADD")
+            .arg(self.keys.queue())
+            .arg("*")
+            .arg("flow")
+            .arg(id.to_string())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Runs submitted and not yet finished: waiting, or running somewhere.
+    pub async fn backlog(&self) -> Result<u64, StoreError> {
+        redis::cmd("XLEN")
+            .arg(self.keys.queue())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Up to `max` submissions no host has been given yet, given to this one.
+    pub async fn take(&self, max: usize) -> Result<Vec<Delivery>, StoreError> {
+        let reply: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.owner)
+            .arg("COUNT")
+            .arg(max.max(1))
+            .arg("STREAMS")
+            .arg(self.keys.queue())
+            .arg(">")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        // [[stream, [[entry, [field, value, ...]], ...]]], or nil.
+        let entries = match reply {
+            redis::Value::Array(streams) => streams
+                .into_iter()
+                .filter_map(|s| match s {
+                    redis::Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(entries.into_iter().flat_map(parse_entries).collect())
+    }
+
+    /// Submissions given to some host that has not finished them for
+    /// `min_idle` (it died, or it is slow), given to this host instead.
+    pub async fn reclaim_deliveries(
+        &self,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let reply: redis::Value = redis::cmd("XAUTOCLAIM")
+            .arg(self.keys.queue())
+            .arg(GROUP)
+            .arg(&self.owner)
+            .arg(min_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(max.max(1))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        // [cursor, [[entry, [field, value]], ...], [deleted ids]]
+        Ok(match reply {
+            redis::Value::Array(mut parts) if parts.len() >= 2 => {
+                parse_entries(parts.swap_remove(1))
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    /// Takes a finished (or refused) submission off the stream.
+    pub async fn done(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(self.keys.queue())
+            .arg(GROUP)
+            .arg(&delivery.entry)
+            .ignore();
+        pipe.cmd("XDEL")
+            .arg(self.keys.queue())
+            .arg(&delivery.entry)
+            .ignore();
+        pipe.exec_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Flows left running or paused for longer than `idle` whose lease is
+    /// gone (their host died or shut down) or is held in this host's name
+    /// (by an earlier run of this host, or by this one: the caller skips the
+    /// flows it runs). At most `max`.
+    pub async fn orphans(&self, idle: Duration, max: usize) -> Result<Vec<FlowId>, StoreError> {
+        let cutoff = Utc::now().timestamp_millis() - idle.as_millis() as i64;
+        let mut candidates = Vec::new();
+        for status in [FlowStatus::Running, FlowStatus::Paused] {
+            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(self.keys.by_status(status))
+                .arg("-inf")
+                .arg(cutoff)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(max)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            candidates.extend(ids.iter().filter_map(|raw| raw.parse::<FlowId>().ok()));
+        }
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let mut pipe = redis::pipe();
+        for id in &candidates {
+            pipe.get(self.keys.lease(*id));
+        }
+        let leases: Vec<Option<String>> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let mine = format!("{} ", self.owner);
+        Ok(candidates
+            .into_iter()
+            .zip(leases)
+            .filter(|(_, lease)| lease.as_ref().is_none_or(|l| l.starts_with(&mine)))
+            .map(|(id, _)| id)
+            .take(max)
+            .collect())
+    }
+}
+
+/// Stream entries (`[[entry, [field, value, ...]], ...]`) as deliveries; an
+/// entry without a flow id is skipped.
+fn parse_entries(entries: redis::Value) -> Vec<Delivery> {
+    let redis::Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(parts) = entry else {
+                return None;
+            };
+            let entry: String = redis::from_redis_value(parts.first()?.clone()).ok()?;
+            let fields: Vec<String> = redis::from_redis_value(parts.get(1)?.clone()).ok()?;
+            let flow = fields
+                .chunks(2)
+                .find(|kv| kv[0] == "flow")
+                .and_then(|kv| kv.get(1))?;
+            Some(Delivery {
+                entry,
+                flow_id: flow.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 fn unavailable(e: RedisError) -> StoreError {

@@ -1,0 +1,39 @@
+//! Work shared by several hosts through Redis: background runs are submitted
+//! to a stream read by one consumer group, a host runs a flow only under a
+//! lease (claimed, renewed, fenced: see `StateStore::claim`), and the flows
+//! of a host that died or shut down are taken over by the others.
+//!
+//! `WorkQueue` is the port; `state::FallbackStore` implements it on Redis.
+//! `worker` holds the loops each host runs: take, renew, reclaim.
+
+pub mod worker;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::state::{Delivery, FlowId, StoreError};
+
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// True when runs are shared through Redis (false: one host, memory).
+    fn shared(&self) -> bool;
+    /// Submits a recorded (pending) flow for some host to run.
+    async fn enqueue(&self, id: FlowId) -> Result<(), StoreError>;
+    /// Submitted runs not finished yet, across all hosts.
+    async fn backlog(&self) -> Result<u64, StoreError>;
+    /// Up to `max` submissions for this host.
+    async fn take(&self, max: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Submissions another host was given and has not finished for
+    /// `min_idle`, now given to this host.
+    async fn reclaim_deliveries(
+        &self,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Removes a submission that was run (or that needs no run).
+    async fn done(&self, delivery: &Delivery) -> Result<(), StoreError>;
+    /// Flows left running or paused, for longer than `idle`, by a host that
+    /// no longer holds their lease.
+    async fn orphans(&self, idle: Duration, max: usize) -> Result<Vec<FlowId>, StoreError>;
+}
