@@ -878,8 +878,27 @@ impl FlowRunner {
                 ))),
             };
         }
-        // Claim the flow so that a resume cannot start it meanwhile.
+        // Claim the flow so that a resume cannot start it meanwhile, here or
+        // on another host; a flow another live host runs is cancelled there.
         let _guard = self.activate(id)?;
+        match self.inner.store.claim(id).await.map_err(RunError::Store)? {
+            Claim::Granted => {}
+            Claim::HeldElsewhere(owner) => {
+                return Err(RunError::Conflict(format!(
+                    "flow {id} is running on another host ({owner}): send the cancel there"
+                )));
+            }
+            Claim::Missing => return Err(RunError::NotFound(id)),
+        }
+        let result = self.cancel_claimed(id).await;
+        // The cancelled state gave the lease up; any other outcome does here.
+        if let Err(e) = self.inner.store.release(id).await {
+            tracing::debug!(flow_id = %id, error = %e, "cannot release a lease");
+        }
+        result
+    }
+
+    async fn cancel_claimed(&self, id: FlowId) -> Result<FlowState, RunError> {
         let mut state = self.stored(id).await?;
         match state.status {
             FlowStatus::Completed => {
@@ -999,11 +1018,18 @@ impl FlowRunner {
                 flow: def.name.clone(),
             })
             .inc();
+        let id = state.flow_id;
         let result = self
             .drive_in_span(def, state, first, active, create)
             .instrument(span)
             .await;
         self.inner.metrics.flows_in_flight.dec();
+        if active.lost.load(Ordering::SeqCst) {
+            // Forget the lost lease: this host is done with the flow.
+            if let Err(e) = self.inner.store.release(id).await {
+                tracing::debug!(flow_id = %id, error = %e, "cannot let go of a lost lease");
+            }
+        }
         result
     }
 

@@ -235,6 +235,12 @@ impl ConnectionLike for Conn {
     }
 }
 
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    token: u64,
+    lost: bool,
+}
+
 /// One delivery of a submitted run from the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
@@ -249,8 +255,10 @@ pub struct RedisStore {
     retention: Option<Duration>,
     owner: String,
     lease_ttl: Duration,
-    /// The fencing token of every lease this host holds, by flow.
-    held: Arc<Mutex<HashMap<FlowId, u64>>>,
+    /// The fencing token of every lease this host holds or lost, by flow.
+    /// A lost lease stays here, so that this host's later writes to the flow
+    /// still carry its (old) token and are refused, until it lets go.
+    held: Arc<Mutex<HashMap<FlowId, Held>>>,
 }
 
 #[derive(Clone)]
@@ -347,7 +355,7 @@ impl RedisStore {
         matches!(self.conn, Conn::Cluster(_))
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<FlowId, u64>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<FlowId, Held>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -392,7 +400,7 @@ impl RedisStore {
         steps: &[&FlowStepState],
         patch: &FlowPatch,
     ) -> Result<(), StoreError> {
-        let token = self.held().get(&id).copied();
+        let token = self.held().get(&id).map(|h| h.token);
         // A flow left finished or paused is given up by its owner.
         let release = token.filter(|_| {
             patch
@@ -439,7 +447,9 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         if written == 0 {
-            self.held().remove(&id);
+            if let Some(held) = self.held().get_mut(&id) {
+                held.lost = true;
+            }
             return Err(StoreError::Fenced(id));
         }
         if release.is_some() {
@@ -538,7 +548,13 @@ impl StateStore for RedisStore {
             return Err(StoreError::AlreadyExists(id));
         }
         if leased {
-            self.held().insert(id, 1);
+            self.held().insert(
+                id,
+                Held {
+                    token: 1,
+                    lost: false,
+                },
+            );
         }
         if !inline_index {
             let member = id.to_string();
@@ -756,14 +772,25 @@ impl StateStore for RedisStore {
             -1 => Claim::HeldElsewhere(holder.split(' ').next().unwrap_or_default().to_owned()),
             -2 => Claim::Missing,
             token => {
-                self.held().insert(id, token as u64);
+                self.held().insert(
+                    id,
+                    Held {
+                        token: token as u64,
+                        lost: false,
+                    },
+                );
                 Claim::Granted
             }
         })
     }
 
     async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {
-        let held: Vec<(FlowId, u64)> = self.held().iter().map(|(k, v)| (*k, *v)).collect();
+        let held: Vec<(FlowId, u64)> = self
+            .held()
+            .iter()
+            .filter(|(_, h)| !h.lost)
+            .map(|(id, h)| (*id, h.token))
+            .collect();
         let mut lost = Vec::new();
         for (id, token) in held {
             let renewed: i64 = RENEW
@@ -776,8 +803,8 @@ impl StateStore for RedisStore {
             if renewed == 0 {
                 let mut held = self.held();
                 // Only if it was not given up or claimed anew meanwhile.
-                if held.get(&id) == Some(&token) {
-                    held.remove(&id);
+                if let Some(h) = held.get_mut(&id).filter(|h| h.token == token && !h.lost) {
+                    h.lost = true;
                     lost.push(id);
                 }
             }
@@ -786,12 +813,15 @@ impl StateStore for RedisStore {
     }
 
     async fn release(&self, id: FlowId) -> Result<(), StoreError> {
-        let Some(token) = self.held().remove(&id) else {
+        let Some(held) = self.held().remove(&id) else {
             return Ok(());
         };
+        if held.lost {
+            return Ok(());
+        }
         let _: i64 = RELEASE
             .key(self.keys.lease(id))
-            .arg(self.lease_value(token))
+            .arg(self.lease_value(held.token))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;

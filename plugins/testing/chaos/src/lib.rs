@@ -1,6 +1,8 @@
 //! The `chaos` test plugin: succeeds, fails, panics, sleeps, spins, loops or
 //! returns bad or big output as its config's `mode` asks, so that tests can
-//! drive every path of the host.
+//! drive every path of the host. With `report_url` in its config it first
+//! POSTs `{"flow_id", "step", "attempt"}` there (the host must allow that
+//! host in the plugin's manifest), so a test can see every execution.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +83,21 @@ impl Guest for Chaos {
             LogLevel::Debug,
             &format!("chaos: mode {mode}, attempt {}", request.attempt),
         );
+        if let Some(url) = config.get("report_url").and_then(Value::as_str) {
+            let report = json!({
+                "flow_id": request.flow_id,
+                "step": request.step,
+                "attempt": request.attempt,
+            })
+            .to_string();
+            httpkit::request(
+                "POST",
+                url,
+                &[("content-type", "application/json")],
+                Some(report.as_bytes()),
+            )
+            .map_err(|e| StepError::Retryable(format!("chaos: cannot report to {url}: {e}")))?;
+        }
         match mode {
             "ok" => ok(&request),
             "fail" => Err(StepError::Failed("chaos: failed on purpose".to_string())),

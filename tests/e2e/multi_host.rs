@@ -1,0 +1,234 @@
+//! Several hosts sharing one Redis, with real processes: 300 background runs
+//! submitted round-robin to three hosts; one host is killed with SIGKILL and
+//! another frozen (SIGSTOP) past its leases, then thawed. Every flow
+//! completes, no step starts again after it completed, and the frozen host's
+//! late writes are refused by the fencing check and counted.
+//!
+//! Every execution of a step is reported by the `chaos` plugin to a ledger
+//! server in this test, over wasi:http, before the plugin does its work.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use flowhost_tests::{
+    Host, RedisServer, config_file, flows_dir, plugin_wasm, redis_flow_field, redis_step,
+};
+use serde_json::{Value, json};
+
+/// One reported execution: flow id, step, attempt, when it was received.
+type Report = (String, String, u64, DateTime<Utc>);
+
+/// An HTTP server that records every JSON report POSTed to it.
+fn ledger() -> (u16, Arc<Mutex<Vec<Report>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let log = reports.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || serve_report(stream, &log));
+        }
+    });
+    (port, reports)
+}
+
+fn serve_report(mut stream: std::net::TcpStream, log: &Mutex<Vec<Report>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let received = Utc::now();
+    if let Ok(report) = serde_json::from_slice::<Value>(&body) {
+        log.lock().unwrap().push((
+            report["flow_id"].as_str().unwrap_or_default().to_owned(),
+            report["step"].as_str().unwrap_or_default().to_owned(),
+            report["attempt"].as_u64().unwrap_or(0),
+            received,
+        ));
+    }
+    let _ =
+        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+}
+
+fn flow(name: &str, slow_ms: u64, report: &str) -> String {
+    format!(
+        "name: {name}
+inputs:
+  n: {{type: integer}}
+steps:
+  - name: a
+    plugin: chaos
+    input: {{n: '${{inputs.n}}'}}
+    config: {{mode: ok, report_url: '{report}'}}
+  - name: b
+    plugin: chaos
+    input: '${{steps.a.output.input}}'
+    config: {{mode: sleep, ms: {slow_ms}, report_url: '{report}'}}
+  - name: c
+    plugin: chaos
+    input: '${{steps.b.output.input}}'
+    config: {{mode: ok, report_url: '{report}'}}
+outputs:
+  n: '${{steps.c.output.input.n}}'
+"
+    )
+}
+
+async fn metric(host: &Host, name: &str) -> f64 {
+    let text = reqwest::get(host.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_300_flows_through_a_kill_and_a_freeze() {
+    let redis = RedisServer::start().unwrap();
+    let (ledger_port, reports) = ledger();
+    let report_url = format!("http://127.0.0.1:{ledger_port}/report");
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin_wasm("chaos"), plugins.path().join("chaos.wasm")).unwrap();
+    std::fs::write(
+        plugins.path().join("chaos.toml"),
+        format!("[http]\nallow = [\"127.0.0.1:{ledger_port}\"]\n"),
+    )
+    .unwrap();
+    let flows = flows_dir(&[
+        ("fast", &flow("fast", 20, &report_url)),
+        ("slow", &flow("slow", 1500, &report_url)),
+    ]);
+    let config = config_file("queue: {lease_ttl_ms: 2000}\nsubmit: {max_in_flight: 10000}\n");
+    let env = [
+        ("FLOWHOST_REDIS_URL", redis.url()),
+        ("FLOWHOST_PLUGINS_DIR", plugins.path().display().to_string()),
+        ("FLOWHOST_FLOWS_DIR", flows.path().display().to_string()),
+        ("FLOWHOST_CONFIG", config.path().display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut hosts: Vec<Host> = (0..3).map(|_| Host::start(&env).unwrap()).collect();
+
+    let client = reqwest::Client::new();
+    let clock = Instant::now();
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        let host = &hosts[n % 3];
+        let name = if n % 2 == 0 { "fast" } else { "slow" };
+        let resp = client
+            .post(host.url(&format!("/api/v1/{name}/execute-async")))
+            .json(&json!({"inputs": {"n": n}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.unwrap();
+        ids.push((body["flow_id"].as_str().unwrap().to_owned(), n));
+    }
+    let submitted = clock.elapsed();
+
+    // Mid-run: host 0 dies, host 1 freezes for twice its lease's life.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    hosts[0].kill();
+    hosts[1].signal("STOP");
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    hosts[1].signal("CONT");
+
+    let mut conn = redis.connection();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done: usize = redis::cmd("ZCARD")
+            .arg("fh:flows:status:completed")
+            .query(&mut conn)
+            .unwrap();
+        if done == 300 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let mut by_status: HashMap<String, usize> = HashMap::new();
+            for (id, _) in &ids {
+                let s = redis_flow_field(&mut conn, id, "status").unwrap_or_default();
+                *by_status.entry(s).or_default() += 1;
+            }
+            panic!("{done} of 300 completed after 120 s: {by_status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_done = clock.elapsed();
+
+    // Every flow completed with its own output.
+    for (id, n) in &ids {
+        assert_eq!(
+            redis_flow_field(&mut conn, id, "status").as_deref(),
+            Some("completed")
+        );
+        let outputs: Value =
+            serde_json::from_str(&redis_flow_field(&mut conn, id, "outputs").unwrap()).unwrap();
+        assert_eq!(outputs["n"], *n, "flow {id}");
+    }
+
+    // No step started after its completion was recorded.
+    let reports = reports.lock().unwrap().clone();
+    let mut runs: HashMap<(String, String), Vec<DateTime<Utc>>> = HashMap::new();
+    for (flow, step, _, at) in &reports {
+        runs.entry((flow.clone(), step.clone()))
+            .or_default()
+            .push(*at);
+    }
+    let mut rerun_in_flight = 0;
+    for (id, _) in &ids {
+        for step in ["a", "b", "c"] {
+            let state = redis_step(&mut conn, id, step).unwrap();
+            let completed: DateTime<Utc> = state["completed_at"].as_str().unwrap().parse().unwrap();
+            let starts = runs
+                .get(&(id.clone(), step.to_owned()))
+                .cloned()
+                .unwrap_or_default();
+            assert!(!starts.is_empty(), "{id}.{step} never reported");
+            for start in &starts {
+                assert!(
+                    *start <= completed,
+                    "{id}.{step} started at {start} after it completed at {completed}"
+                );
+            }
+            if starts.len() > 1 {
+                rerun_in_flight += 1;
+            }
+        }
+    }
+
+    // The frozen host came back, found its leases taken, and its late writes
+    // were refused and counted.
+    let fenced = metric(&hosts[1], "flowhost_state_fenced_writes_total").await;
+    let lost = metric(&hosts[1], "flowhost_leases_lost_total").await;
+    assert!(fenced >= 1.0, "no fenced write counted on the frozen host");
+    let reclaimed = metric(&hosts[2], "flowhost_flows_reclaimed_total").await
+        + metric(&hosts[1], "flowhost_flows_reclaimed_total").await;
+    assert!(reclaimed >= 1.0, "no flow was taken over");
+    println!(
+        "300 flows: submitted in {submitted:?}, all completed in {all_done:?}; \
+         {reclaimed} taken over, {rerun_in_flight} in-flight steps ran again, \
+         frozen host: {fenced} fenced writes, {lost} leases lost; {} step executions reported",
+        reports.len()
+    );
+}
