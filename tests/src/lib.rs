@@ -76,6 +76,11 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> Result<RedisServer> {
+        Self::start_with(port, &[])
+    }
+
+    /// On `port`, with more `redis-server` arguments.
+    pub fn start_with(port: u16, extra: &[&str]) -> Result<RedisServer> {
         let dir = tempfile::tempdir()?;
         let child = Command::new("redis-server")
             .args([
@@ -86,7 +91,9 @@ impl RedisServer {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "no", "--dir"])
+            .args(["--appendonly", "no"])
+            .args(extra)
+            .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -126,6 +133,78 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of `redis-server`s of its own (no replicas), made with
+/// `redis-cli --cluster create`; killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(nodes: usize) -> Result<RedisCluster> {
+        let mut servers = Vec::new();
+        while servers.len() < nodes {
+            // The cluster bus listens on the port + 10000.
+            let port = free_port();
+            if port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+                continue;
+            }
+            servers.push(RedisServer::start_with(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            )?);
+        }
+        let addresses: Vec<String> = servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("redis-cli")?;
+        if !created.success() {
+            bail!("redis-cli --cluster create failed");
+        }
+        let cluster = RedisCluster { nodes: servers };
+        wait_until("redis cluster", Duration::from_secs(20), || {
+            cluster.nodes.iter().all(|n| {
+                let info: redis::RedisResult<String> =
+                    redis::cmd("CLUSTER").arg("INFO").query(&mut n.connection());
+                info.is_ok_and(|i| i.contains("cluster_state:ok"))
+            })
+        })?;
+        Ok(cluster)
+    }
+
+    /// The seed nodes, as `redis.url` takes them with `redis.cluster`.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A connection that follows the cluster's slots.
+    pub fn connection(&self) -> redis::cluster::ClusterConnection {
+        redis::cluster::ClusterClient::new(
+            self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>(),
+        )
+        .and_then(|c| c.get_connection())
+        .expect("cluster connection")
     }
 }
 
@@ -276,7 +355,7 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
 
 /// A step's state read straight from Redis (default key prefix).
 pub fn redis_step(
-    conn: &mut redis::Connection,
+    conn: &mut impl redis::ConnectionLike,
     flow_id: &str,
     step: &str,
 ) -> Option<serde_json::Value> {
@@ -290,7 +369,7 @@ pub fn redis_step(
 
 /// A flow header field read straight from Redis (default key prefix).
 pub fn redis_flow_field(
-    conn: &mut redis::Connection,
+    conn: &mut impl redis::ConnectionLike,
     flow_id: &str,
     field: &str,
 ) -> Option<String> {
@@ -302,7 +381,7 @@ pub fn redis_flow_field(
 }
 
 /// The ids of the flows stored in Redis (default key prefix).
-pub fn redis_flow_ids(conn: &mut redis::Connection) -> Vec<String> {
+pub fn redis_flow_ids(conn: &mut impl redis::ConnectionLike) -> Vec<String> {
     redis::cmd("ZRANGE")
         .arg("fh:flows:started")
         .arg(0)

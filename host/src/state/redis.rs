@@ -375,12 +375,34 @@ impl RedisStore {
     /// its status index never disagree); on a Cluster, whose keys live in
     /// many slots, command by command.
     async fn run(&self, mut pipe: Pipeline) -> Result<(), StoreError> {
-        if !self.is_cluster() {
-            pipe.atomic();
+        if self.is_cluster() {
+            return self.each(&pipe).await.map(drop).map_err(unavailable);
         }
+        pipe.atomic();
         pipe.exec_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)
+    }
+
+    /// A pipeline's replies: one round trip on one server; on a Cluster,
+    /// where a pipeline may not cross slots, one command at a time. (Replies
+    /// of commands marked `ignore` are kept on a Cluster: callers that query
+    /// do not mark any.)
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, RedisError> {
+        if self.is_cluster() {
+            return Ok(redis::from_redis_value(redis::Value::Array(
+                self.each(pipe).await?,
+            ))?);
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    async fn each(&self, pipe: &Pipeline) -> Result<Vec<redis::Value>, RedisError> {
+        let mut replies = Vec::new();
+        for cmd in pipe.cmd_iter() {
+            replies.push(cmd.query_async(&mut self.conn.clone()).await?);
+        }
+        Ok(replies)
     }
 
     /// The index lines of a flow in `status` since `at_ms`, for a pipeline.
@@ -652,10 +674,7 @@ impl StateStore for RedisStore {
                     .arg(&SUMMARY_FIELDS[..]);
                 parsed.push(id);
             }
-            let rows: Vec<Vec<Option<String>>> = pipe
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(unavailable)?;
+            let rows: Vec<Vec<Option<String>>> = self.query(&pipe).await.map_err(unavailable)?;
             for (id, row) in parsed.into_iter().zip(rows) {
                 // An index line whose header expired or was deleted is skipped.
                 let Some(summary) = decode_summary(id, row)? else {
@@ -972,10 +991,7 @@ impl RedisStore {
         for id in &candidates {
             pipe.get(self.keys.lease(*id));
         }
-        let leases: Vec<Option<String>> = pipe
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let leases: Vec<Option<String>> = self.query(&pipe).await.map_err(unavailable)?;
         let mine = format!("{} ", self.owner);
         Ok(candidates
             .into_iter()
@@ -1143,8 +1159,9 @@ impl RedisStore {
             // One DEL per entry: on a cluster the entries live on many slots.
             pipe.del(self.keys.result(key));
         }
-        pipe.del(set).ignore();
-        let removed: Vec<u64> = pipe
+        let removed: Vec<u64> = self.query(&pipe).await.map_err(cache_unavailable)?;
+        let _: u64 = redis::cmd("DEL")
+            .arg(set)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(cache_unavailable)?;
@@ -1191,6 +1208,9 @@ impl ResultCache for RedisStore {
             // NX gives a new set its TTL; GT lengthens it for a longer-lived entry.
             pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("NX").ignore();
             pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("GT").ignore();
+        }
+        if self.is_cluster() {
+            return self.each(&pipe).await.map(drop).map_err(cache_unavailable);
         }
         pipe.exec_async(&mut self.conn.clone())
             .await
