@@ -367,7 +367,7 @@ async fn async_throughput(t: &mut Table, redis: &RedisServer) -> Result<()> {
     for hosts in [1, 3] {
         let (rate, submitted, took) = async_processes(redis, hosts, total).await?;
         t.row(
-            &format!("3. async throughput, {hosts} host process(es) sharing one Redis"),
+            format!("3. async throughput, {hosts} host process(es) sharing one Redis"),
             format!(
                 "{rate:.0} flows/s   ({total} submitted in {submitted:.2} s, all completed in {took:.2} s)"
             ),
