@@ -355,6 +355,8 @@ async fn async_throughput(t: &mut Table, redis: &RedisServer) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let took = started.elapsed();
+    // Stops the queue loops, which would poll Redis during later items.
+    app.runner.shutdown(Duration::ZERO).await;
     t.row(
         "3. async throughput, 1 host in-process, Redis, 3-step flows",
         format!(
@@ -380,7 +382,11 @@ async fn async_throughput(t: &mut Table, redis: &RedisServer) -> Result<()> {
 /// `total` 3-step background runs round-robin by 32 clients; the rate is
 /// flows completed per second, from the first submission to the last
 /// completion.
-async fn async_processes(redis: &RedisServer, hosts: usize, total: usize) -> Result<(f64, f64, f64)> {
+async fn async_processes(
+    redis: &RedisServer,
+    hosts: usize,
+    total: usize,
+) -> Result<(f64, f64, f64)> {
     let plugins = plugins_dir(&["echo"]);
     let flows = flows_dir(&[("a3", &chain_flow("a3", 3))]);
     let prefix = format!("bench{hosts}:");
@@ -430,7 +436,11 @@ async fn async_processes(redis: &RedisServer, hosts: usize, total: usize) -> Res
                     .body(body)
                     .send()
                     .await?;
-                anyhow::ensure!(resp.status() == 202, "execute-async answered {}", resp.status());
+                anyhow::ensure!(
+                    resp.status() == 202,
+                    "execute-async answered {}",
+                    resp.status()
+                );
                 i += clients;
             }
             Result::Ok(())

@@ -127,6 +127,8 @@ struct Inner {
     config: RunnerConfig,
     /// The work queue shared with other hosts, when there is one (Redis).
     queue: Option<Arc<dyn WorkQueue>>,
+    /// The queue's length as last read, and submissions here since.
+    backlog: Mutex<Backlog>,
     /// Flows executing in this process.
     active: Mutex<HashMap<FlowId, Arc<Active>>>,
     /// Cancelled when the shutdown grace period is over: interrupts every
@@ -160,6 +162,20 @@ impl Drop for ActiveGuard {
         self.runner.lock_active().remove(&self.id);
         self.entry.finished.send_replace(true);
     }
+}
+
+/// What this host knows of the shared queue's length.
+struct Backlog {
+    read: usize,
+    added: usize,
+    at: Option<Instant>,
+}
+
+/// How the scheduler records a run's start: by creating the flow with its
+/// first steps, or by writing this header patch with them.
+enum Opening {
+    Create,
+    Patch(FlowPatch),
 }
 
 /// Why a stored flow is continued.
@@ -198,6 +214,11 @@ impl FlowRunner {
                 metrics,
                 config,
                 queue: queue.filter(|q| q.shared()),
+                backlog: Mutex::new(Backlog {
+                    read: 0,
+                    added: 0,
+                    at: None,
+                }),
                 active: Mutex::new(HashMap::new()),
                 interrupt_all: CancellationToken::new(),
                 draining: AtomicBool::new(false),
@@ -320,7 +341,9 @@ impl FlowRunner {
                 .inc();
         }
         let first = def.steps.iter().map(|s| (s.name.clone(), 1)).collect();
-        let state = self.drive(&def, state, first, &guard.entry, true).await?;
+        let state = self
+            .drive(&def, state, first, &guard.entry, Opening::Create)
+            .await?;
         if let (Some(key), FlowStatus::Completed) = (flow_key, state.status) {
             let steps: Map<String, Value> = state
                 .steps
@@ -616,10 +639,11 @@ impl FlowRunner {
                 status: Some(FlowStatus::Running),
                 ..FlowPatch::default()
             };
-            let r = runner.inner.store.update_flow(id, &patch).await;
-            runner.record(id, r);
             let first = def.steps.iter().map(|s| (s.name.clone(), 1)).collect();
-            match runner.drive(&def, state, first, &guard.entry, false).await {
+            match runner
+                .drive(&def, state, first, &guard.entry, Opening::Patch(patch))
+                .await
+            {
                 Ok(end) => {
                     tracing::debug!(flow_id = %id, status = %end.status, "background run ended")
                 }
@@ -642,7 +666,7 @@ impl FlowRunner {
         if self.is_draining() {
             return Err(RunError::ShuttingDown);
         }
-        let backlog = queue.backlog().await.map_err(RunError::Store)? as usize;
+        let backlog = self.backlog(queue).await?;
         if backlog >= self.inner.config.max_async_in_flight {
             return Err(RunError::Busy {
                 in_flight: backlog,
@@ -657,6 +681,7 @@ impl FlowRunner {
             return Ok(id);
         }
         self.create(&mut state).await?;
+        self.lock_backlog().added += 1;
         if let Err(e) = queue.enqueue(id).await {
             // Recorded but not queued: fail it rather than leave it waiting.
             let patch = FlowPatch {
@@ -672,6 +697,36 @@ impl FlowRunner {
             )));
         }
         Ok(id)
+    }
+
+    fn lock_backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        self.inner.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The queue's length for the submission limit: read from Redis when the
+    /// last reading is older than 100 ms or the estimate (that reading plus
+    /// the submissions here since) nears the limit; else the estimate, which
+    /// saves a round trip per submission.
+    async fn backlog(&self, queue: &Arc<dyn WorkQueue>) -> Result<usize, RunError> {
+        let limit = self.inner.config.max_async_in_flight;
+        {
+            let b = self.lock_backlog();
+            let estimate = b.read + b.added;
+            if b.at
+                .is_some_and(|at| at.elapsed() < Duration::from_millis(100))
+                && estimate < limit / 2
+            {
+                return Ok(estimate);
+            }
+        }
+        let read = queue.backlog().await.map_err(RunError::Store)? as usize;
+        let mut b = self.lock_backlog();
+        *b = Backlog {
+            read,
+            added: 0,
+            at: Some(Instant::now()),
+        };
+        Ok(read)
     }
 
     /// Continues a failed, paused or interrupted flow from the steps that did
@@ -830,21 +885,17 @@ impl FlowRunner {
                 self.inner.metrics.flows_reclaimed.inc();
             }
         }
+        // Recorded with the first steps' running states, in one write.
         let patch = FlowPatch {
             status: Some(FlowStatus::Running),
             metadata: Some(state.metadata.clone()),
             clear_result: true,
             ..FlowPatch::default()
         };
-        self.inner
-            .store
-            .update_flow(id, &patch)
-            .await
-            .map_err(RunError::Store)?;
         if was != FlowStatus::Pending {
             tracing::info!(flow = %def.name, flow_id = %id, steps = first.len(), "flow resumed");
         }
-        self.drive(&def, state, first, &guard.entry, false)
+        self.drive(&def, state, first, &guard.entry, Opening::Patch(patch))
             .await
             .map(Some)
     }
@@ -1005,7 +1056,7 @@ impl FlowRunner {
         state: FlowState,
         first: FirstAttempts,
         active: &Arc<Active>,
-        create: bool,
+        opening: Opening,
     ) -> Result<FlowState, RunError> {
         // Every log line of the flow, its steps' and plugins' included,
         // carries the flow's name and id.
@@ -1020,7 +1071,7 @@ impl FlowRunner {
             .inc();
         let id = state.flow_id;
         let result = self
-            .drive_in_span(def, state, first, active, create)
+            .drive_in_span(def, state, first, active, opening)
             .instrument(span)
             .await;
         self.inner.metrics.flows_in_flight.dec();
@@ -1039,8 +1090,12 @@ impl FlowRunner {
         mut state: FlowState,
         first: FirstAttempts,
         active: &Arc<Active>,
-        mut create: bool,
+        opening: Opening,
     ) -> Result<FlowState, RunError> {
+        let (mut create, mut opening) = match opening {
+            Opening::Create => (true, None),
+            Opening::Patch(patch) => (false, Some(patch)),
+        };
         let clock = Instant::now();
         let inputs = state.inputs.as_object().cloned().unwrap_or_default();
         let mut outputs: HashMap<String, Value> = state
@@ -1119,11 +1174,9 @@ impl FlowRunner {
                 self.create(&mut snapshot).await?;
                 state.metadata = snapshot.metadata;
                 create = false;
-            } else if !unwritten.is_empty() {
-                let patch = FlowPatch {
-                    current_step: current,
-                    ..FlowPatch::default()
-                };
+            } else if !unwritten.is_empty() || opening.is_some() {
+                let mut patch = opening.take().unwrap_or_default();
+                patch.current_step = current.or(patch.current_step);
                 let batch: Vec<&FlowStepState> = unwritten.iter().collect();
                 let r = self
                     .inner
@@ -1238,6 +1291,9 @@ impl FlowRunner {
             outputs: state.outputs.clone(),
             error: state.error.clone(),
             metadata: Some(state.metadata.clone()),
+            // An opening never written (no step was left to start) still
+            // clears the result of the run before.
+            clear_result: opening.is_some_and(|o| o.clear_result),
             ..FlowPatch::default()
         };
         if create {
