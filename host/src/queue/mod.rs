@@ -1,5 +1,6 @@
 //! Work shared by several hosts through Redis: background runs are submitted
-//! to a stream read by one consumer group, a host runs a flow only under a
+//! to a stream read by one consumer group (the store queues a flow created
+//! `pending`, in the same script on one server), a host runs a flow only under a
 //! lease (claimed, renewed, fenced: see `StateStore::claim`), and the flows
 //! of a host that died or shut down are taken over by the others.
 //!
@@ -18,8 +19,6 @@ use crate::state::{Delivery, FlowId, StoreError};
 pub trait WorkQueue: Send + Sync {
     /// True when runs are shared through Redis (false: one host, memory).
     fn shared(&self) -> bool;
-    /// Submits a recorded (pending) flow for some host to run.
-    async fn enqueue(&self, id: FlowId) -> Result<(), StoreError>;
     /// Submitted runs not finished yet, across all hosts.
     async fn backlog(&self) -> Result<u64, StoreError>;
     /// Up to `max` submissions for this host.

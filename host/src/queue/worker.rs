@@ -59,8 +59,14 @@ async fn take_loop(runner: FlowRunner, queue: Arc<dyn WorkQueue>, settings: Queu
             }
             Ok(deliveries) => {
                 failing = false;
+                let few = deliveries.len() < 16;
                 for delivery in deliveries {
                     tokio::spawn(run_delivery(runner.clone(), queue.clone(), delivery));
+                }
+                // A trickle: let submissions gather for one read, rather
+                // than read them one by one.
+                if few {
+                    tokio::time::sleep(settings.poll).await;
                 }
             }
             Err(e) => {

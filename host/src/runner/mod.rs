@@ -680,21 +680,24 @@ impl FlowRunner {
         {
             return Ok(id);
         }
+        // Recorded pending in Redis, the flow is queued with it.
         self.create(&mut state).await?;
         self.lock_backlog().added += 1;
-        if let Err(e) = queue.enqueue(id).await {
-            // Recorded but not queued: fail it rather than leave it waiting.
+        if state.metadata.get("state_store").and_then(Value::as_str) != Some("redis") {
+            // Redis went away meanwhile: recorded in memory, it would wait
+            // for a queue it is not in. Fail it rather than leave it waiting.
             let patch = FlowPatch {
                 status: Some(FlowStatus::Failed),
                 completed_at: Some(Utc::now()),
-                error: Some(format!("could not be queued: {e}")),
+                error: Some("could not be queued: redis is unreachable".into()),
                 ..FlowPatch::default()
             };
             let r = self.inner.store.update_flow(id, &patch).await;
             self.record(id, r);
-            return Err(RunError::NotDurable(format!(
-                "the work queue is unavailable ({e}); retry later, or use /execute"
-            )));
+            return Err(RunError::NotDurable(
+                "redis is unreachable: background runs need it; retry later, or use /execute"
+                    .into(),
+            ));
         }
         Ok(id)
     }
@@ -766,7 +769,13 @@ impl FlowRunner {
     /// alone and return `None`; a resume or retry says why it cannot run.
     async fn restart(&self, id: FlowId, how: Restart<'_>) -> Result<Option<FlowState>, RunError> {
         let guard = self.activate(id)?;
-        match self.inner.store.claim(id).await.map_err(RunError::Store)? {
+        let (claim, state) = self
+            .inner
+            .store
+            .claim_and_load(id)
+            .await
+            .map_err(RunError::Store)?;
+        match claim {
             Claim::Granted => {}
             Claim::HeldElsewhere(owner) => {
                 return Err(RunError::Conflict(format!(
@@ -775,7 +784,10 @@ impl FlowRunner {
             }
             Claim::Missing => return Err(RunError::NotFound(id)),
         }
-        let result = self.restart_claimed(id, how, &guard).await;
+        let result = match state {
+            Some(state) => self.restart_claimed(state, how, &guard).await,
+            None => Err(RunError::NotFound(id)),
+        };
         if !matches!(result, Ok(Some(_))) {
             // Not run after all: let the lease go at once.
             if let Err(e) = self.inner.store.release(id).await {
@@ -787,15 +799,15 @@ impl FlowRunner {
 
     async fn restart_claimed(
         &self,
-        id: FlowId,
+        mut state: FlowState,
         how: Restart<'_>,
         guard: &ActiveGuard,
     ) -> Result<Option<FlowState>, RunError> {
+        let id = state.flow_id;
         let only_step = match how {
             Restart::Retry(step) => Some(step),
             Restart::Resume | Restart::Claimed => None,
         };
-        let mut state = self.stored(id).await?;
         let was = state.status;
         match (state.status, how) {
             (

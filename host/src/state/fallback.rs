@@ -311,6 +311,13 @@ impl StateStore for FallbackStore {
         }
     }
 
+    async fn claim_and_load(&self, id: FlowId) -> Result<(Claim, Option<FlowState>), StoreError> {
+        match self.owner(id)? {
+            Owner::Memory => self.memory.claim_and_load(id).await,
+            Owner::Redis(r) => self.timed("claim", r.claim_and_load(id)).await,
+        }
+    }
+
     async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {
         match self.current() {
             Some(r) => self.timed("renew_claims", r.renew_claims()).await,
@@ -338,11 +345,6 @@ impl FallbackStore {
 impl WorkQueue for FallbackStore {
     fn shared(&self) -> bool {
         self.config.is_some()
-    }
-
-    async fn enqueue(&self, id: FlowId) -> Result<(), StoreError> {
-        let r = self.queue_store()?;
-        self.timed("enqueue", r.enqueue(id)).await
     }
 
     async fn backlog(&self) -> Result<u64, StoreError> {

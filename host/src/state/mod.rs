@@ -374,6 +374,14 @@ pub trait StateStore: Send + Sync {
         let _ = id;
         Ok(Claim::Granted)
     }
+    /// `claim`, and when granted the flow's state as of the claim (one round
+    /// trip where the store can).
+    async fn claim_and_load(&self, id: FlowId) -> Result<(Claim, Option<FlowState>), StoreError> {
+        match self.claim(id).await? {
+            Claim::Granted => Ok((Claim::Granted, self.get_flow(id).await?)),
+            other => Ok((other, None)),
+        }
+    }
     /// Renews every lease this host holds; returns the flows whose lease was
     /// lost (expired and taken, or the flow gone).
     async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {

@@ -65,9 +65,11 @@ const SUMMARY_FIELDS: [&str; 6] = [
 /// Creates a flow in one round trip, unless its header exists: the header
 /// and every step; a flow created `running` is leased to its creator (fence
 /// token 1); on one server also its lines in the start, name and status
-/// indexes. KEYS: header, steps, lease, then (inline indexes only) started,
+/// indexes, and (for a flow created `pending`) its entry in the queue.
+/// KEYS: header, steps, lease, then (one server only) queue, started,
 /// by-name, status, the other statuses. ARGV: id, start ms, owner ('' for no
-/// lease), lease ms, 2 × header fields, header pairs, step pairs.
+/// lease), lease ms, 2 × header fields, header pairs, step pairs, and last
+/// '1' to queue it.
 static CREATE_FLOW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -79,7 +81,7 @@ if ARGV[3] ~= '' then
   redis.call('SET', KEYS[3], ARGV[3] .. ' 1', 'PX', ARGV[4])
 end
 local chunk = {}
-for j = 6 + n, #ARGV do
+for j = 6 + n, #ARGV - 1 do
   chunk[#chunk + 1] = ARGV[j]
   if #chunk == 500 then
     redis.call('HSET', KEYS[2], unpack(chunk))
@@ -88,10 +90,11 @@ for j = 6 + n, #ARGV do
 end
 if #chunk > 0 then redis.call('HSET', KEYS[2], unpack(chunk)) end
 if #KEYS > 3 then
-  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
   redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
-  for k = 7, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
   redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
+  for k = 8, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
+  redis.call('ZADD', KEYS[7], ARGV[2], ARGV[1])
+  if ARGV[#ARGV] == '1' then redis.call('XADD', KEYS[4], '*', 'flow', ARGV[1]) end
 end
 return 1
 ",
@@ -141,18 +144,19 @@ return 1
 });
 
 /// Takes a flow's lease for OWNER unless another owner holds it: bumps the
-/// fence token and sets the lease. KEYS: header, lease. ARGV: owner, lease ms.
-/// Returns the token, -1 when held by another owner (then the holder as a
-/// second value), -2 when the flow does not exist.
+/// fence token and sets the lease. KEYS: header, lease, steps. ARGV: owner,
+/// lease ms. Returns {token, '', header, steps} (the flow as claimed), or
+/// {-1, holder, {}, {}} when another owner holds it, {-2, ...} when the flow
+/// does not exist.
 static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
 local held = redis.call('GET', KEYS[2])
-if held and string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return {-1, held} end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, ''} end
+if held and string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return {-1, held, {}, {}} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, '', {}, {}} end
 local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
-return {token, ''}
+return {token, '', redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3])}
 ",
     )
 });
@@ -543,6 +547,7 @@ impl StateStore for RedisStore {
             .key(self.keys.lease(id));
         if inline_index {
             invocation
+                .key(self.keys.queue())
                 .key(self.keys.started())
                 .key(self.keys.by_name(&flow.flow_name))
                 .key(self.keys.by_status(flow.status));
@@ -562,6 +567,9 @@ impl StateStore for RedisStore {
         for step in flow.steps.values() {
             invocation.arg(&step.step_name).arg(encode_step(step)?);
         }
+        // A flow created pending waits in the queue for a host to run it.
+        let queued = flow.status == FlowStatus::Pending;
+        invocation.arg(if queued { "1" } else { "0" });
         let created: i64 = invocation
             .invoke_async(&mut self.conn.clone())
             .await
@@ -587,6 +595,9 @@ impl StateStore for RedisStore {
                 .ignore();
             self.push_status_index(&mut pipe, id, flow.status, at);
             self.run(pipe).await?;
+            if queued {
+                self.enqueue(id).await?;
+            }
         }
         Ok(())
     }
@@ -779,15 +790,31 @@ impl StateStore for RedisStore {
     }
 
     async fn claim(&self, id: FlowId) -> Result<Claim, StoreError> {
-        let (token, holder): (i64, String) = CLAIM
+        self.claim_and_load(id).await.map(|(claim, _)| claim)
+    }
+
+    async fn claim_and_load(&self, id: FlowId) -> Result<(Claim, Option<FlowState>), StoreError> {
+        type Reply = (
+            i64,
+            String,
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+        );
+        let (token, holder, header, steps): Reply = CLAIM
             .key(self.keys.flow(id))
             .key(self.keys.lease(id))
+            .key(self.keys.steps(id))
             .arg(&self.owner)
             .arg(self.lease_ttl.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        Ok(match token {
+        let state = if token > 0 {
+            Some(decode_flow(id, header, steps)?)
+        } else {
+            None
+        };
+        let claim = match token {
             -1 => Claim::HeldElsewhere(holder.split(' ').next().unwrap_or_default().to_owned()),
             -2 => Claim::Missing,
             token => {
@@ -800,7 +827,8 @@ impl StateStore for RedisStore {
                 );
                 Claim::Granted
             }
-        })
+        };
+        Ok((claim, state))
     }
 
     async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {
@@ -871,7 +899,7 @@ impl RedisStore {
         }
     }
 
-    pub async fn enqueue(&self, id: FlowId) -> Result<(), StoreError> {
+    async fn enqueue(&self, id: FlowId) -> Result<(), StoreError> {
         let _: String = redis::cmd("XADD")
             .arg(self.keys.queue())
             .arg("*")
