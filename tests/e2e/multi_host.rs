@@ -232,3 +232,70 @@ async fn three_hosts_share_300_flows_through_a_kill_and_a_freeze() {
         reports.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_another_host_stops_the_flow_where_it_runs() {
+    let redis = RedisServer::start().unwrap();
+    let plugins = flowhost_tests::plugins_dir(&["chaos"]);
+    let flows = flows_dir(&[(
+        "long",
+        "name: long
+steps:
+  - name: wait
+    plugin: chaos
+    input: {}
+    config: {mode: sleep, ms: 20000}
+",
+    )]);
+    let config = config_file("queue: {lease_ttl_ms: 1500}\n");
+    let env = [
+        ("FLOWHOST_REDIS_URL", redis.url()),
+        ("FLOWHOST_PLUGINS_DIR", plugins.path().display().to_string()),
+        ("FLOWHOST_FLOWS_DIR", flows.path().display().to_string()),
+        ("FLOWHOST_CONFIG", config.path().display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let hosts: Vec<Host> = (0..2).map(|_| Host::start(&env).unwrap()).collect();
+    let client = reqwest::Client::new();
+    let accepted: Value = client
+        .post(hosts[0].url("/api/v1/long/execute-async"))
+        .json(&json!({"inputs": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["flow_id"].as_str().unwrap().to_owned();
+    // Which host took it: its lease names the host, `HOSTNAME:PORT`.
+    let mut conn = redis.connection();
+    let lease = flowhost_tests::eventually("the flow is leased", Duration::from_secs(10), || {
+        redis::cmd("GET")
+            .arg(format!("fh:flow:{{{id}}}:lease"))
+            .query::<Option<String>>(&mut conn)
+            .unwrap()
+    });
+    let runner = hosts
+        .iter()
+        .position(|h| lease.split(' ').next().unwrap().ends_with(&format!(":{}", h.port)))
+        .unwrap();
+    let other = &hosts[1 - runner];
+    let clock = Instant::now();
+    let resp = client
+        .delete(other.url(&format!("/api/v1/long/flows/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled", "{body}");
+    let took = clock.elapsed();
+    assert!(took < Duration::from_secs(5), "the cancel took {took:?}");
+    assert_eq!(
+        redis_flow_field(&mut conn, &id, "status").as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(redis_step(&mut conn, &id, "wait").unwrap()["status"], "cancelled");
+    println!("cancel through the other host took {took:?}");
+}

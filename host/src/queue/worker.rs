@@ -104,9 +104,18 @@ async fn renew_loop(runner: FlowRunner, store: Arc<dyn StateStore>, settings: Qu
     while !runner.is_draining() {
         tokio::time::sleep(every).await;
         match store.renew_claims().await {
-            Ok(lost) => {
-                for id in lost {
+            Ok(renewal) => {
+                for id in renewal.lost {
                     runner.lose(id);
+                }
+                for id in renewal.cancel {
+                    let runner = runner.clone();
+                    tokio::spawn(async move {
+                        tracing::info!(flow_id = %id, "cancel requested by another host");
+                        if let Err(e) = runner.cancel_flow(id).await {
+                            tracing::warn!(flow_id = %id, error = %e, "cannot cancel as requested");
+                        }
+                    });
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew leases"),

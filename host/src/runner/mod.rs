@@ -947,9 +947,8 @@ impl FlowRunner {
         match self.inner.store.claim(id).await.map_err(RunError::Store)? {
             Claim::Granted => {}
             Claim::HeldElsewhere(owner) => {
-                return Err(RunError::Conflict(format!(
-                    "flow {id} is running on another host ({owner}): send the cancel there"
-                )));
+                drop(_guard);
+                return self.cancel_elsewhere(id, &owner).await;
             }
             Claim::Missing => return Err(RunError::NotFound(id)),
         }
@@ -959,6 +958,37 @@ impl FlowRunner {
             tracing::debug!(flow_id = %id, error = %e, "cannot release a lease");
         }
         result
+    }
+
+    /// A flow that another live host runs: asks that host, through the
+    /// store, to cancel it (it sees the request when it next renews its
+    /// lease), then waits for the flow to be recorded cancelled.
+    async fn cancel_elsewhere(&self, id: FlowId, owner: &str) -> Result<FlowState, RunError> {
+        self.inner
+            .store
+            .request_cancel(id)
+            .await
+            .map_err(RunError::Store)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = self.stored(id).await?;
+            match state.status {
+                FlowStatus::Cancelled => return Ok(state),
+                FlowStatus::Completed | FlowStatus::Failed => {
+                    return Err(RunError::Conflict(format!(
+                        "flow {id} ended {} on host {owner} before the cancel took effect",
+                        state.status
+                    )));
+                }
+                FlowStatus::Pending | FlowStatus::Running | FlowStatus::Paused => {}
+            }
+            if Instant::now() > deadline {
+                return Err(RunError::Internal(format!(
+                    "host {owner} did not cancel flow {id} within 30 s of the request"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn cancel_claimed(&self, id: FlowId) -> Result<FlowState, RunError> {

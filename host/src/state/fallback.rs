@@ -17,7 +17,7 @@ use crate::metrics::{Metrics, OpLabel};
 use super::redis::Delivery;
 use super::{
     Claim, FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, MemoryStore,
-    RedisStore, RedisStoreConfig, StateStore, StoreError,
+    RedisStore, RedisStoreConfig, Renewal, StateStore, StoreError,
 };
 use crate::queue::WorkQueue;
 
@@ -318,10 +318,17 @@ impl StateStore for FallbackStore {
         }
     }
 
-    async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {
+    async fn renew_claims(&self) -> Result<Renewal, StoreError> {
         match self.current() {
             Some(r) => self.timed("renew_claims", r.renew_claims()).await,
-            None => Ok(Vec::new()),
+            None => Ok(Renewal::default()),
+        }
+    }
+
+    async fn request_cancel(&self, id: FlowId) -> Result<(), StoreError> {
+        match self.owner(id)? {
+            Owner::Memory => Ok(()),
+            Owner::Redis(r) => self.timed("request_cancel", r.request_cancel(id)).await,
         }
     }
 

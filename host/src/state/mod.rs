@@ -312,6 +312,15 @@ pub enum StoreError {
     Fenced(FlowId),
 }
 
+/// What renewing this host's leases found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// Flows whose lease this host lost.
+    pub lost: Vec<FlowId>,
+    /// Flows another host asked this one to cancel.
+    pub cancel: Vec<FlowId>,
+}
+
 /// What claiming a flow's lease found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -383,9 +392,16 @@ pub trait StateStore: Send + Sync {
         }
     }
     /// Renews every lease this host holds; returns the flows whose lease was
-    /// lost (expired and taken, or the flow gone).
-    async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {
-        Ok(Vec::new())
+    /// lost (expired and taken, or the flow gone), and those another host
+    /// asked to cancel.
+    async fn renew_claims(&self) -> Result<Renewal, StoreError> {
+        Ok(Renewal::default())
+    }
+    /// Asks the host that holds a flow's lease to cancel the flow; it sees
+    /// the request when it next renews the lease.
+    async fn request_cancel(&self, id: FlowId) -> Result<(), StoreError> {
+        let _ = id;
+        Ok(())
     }
     /// Gives up this host's lease on a flow, if it holds one.
     async fn release(&self, id: FlowId) -> Result<(), StoreError> {

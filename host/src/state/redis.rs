@@ -41,7 +41,7 @@ use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
 
 use super::{
     Claim, FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, FlowSummary, ListFilter,
-    StateStore, StoreError,
+    Renewal, StateStore, StoreError,
 };
 
 const ALL_STATUSES: [FlowStatus; 6] = [
@@ -161,12 +161,14 @@ return {token, '', redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]
     )
 });
 
-/// Extends a lease if it is still the caller's. KEYS: lease. ARGV: value, ms.
+/// Extends a lease if it is still the caller's. KEYS: lease, header. ARGV:
+/// value, ms. Returns 0 when lost, 2 when a cancel was requested, else 1.
 static RENEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then return 2 end
 return 1
 ",
     )
@@ -831,17 +833,29 @@ impl StateStore for RedisStore {
         Ok((claim, state))
     }
 
-    async fn renew_claims(&self) -> Result<Vec<FlowId>, StoreError> {
+    async fn request_cancel(&self, id: FlowId) -> Result<(), StoreError> {
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.keys.flow(id))
+            .arg("cancel_requested")
+            .arg("1")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn renew_claims(&self) -> Result<Renewal, StoreError> {
         let held: Vec<(FlowId, u64)> = self
             .held()
             .iter()
             .filter(|(_, h)| !h.lost)
             .map(|(id, h)| (*id, h.token))
             .collect();
-        let mut lost = Vec::new();
+        let mut renewal = Renewal::default();
         for (id, token) in held {
             let renewed: i64 = RENEW
                 .key(self.keys.lease(id))
+                .key(self.keys.flow(id))
                 .arg(self.lease_value(token))
                 .arg(self.lease_ttl.as_millis() as u64)
                 .invoke_async(&mut self.conn.clone())
@@ -852,11 +866,13 @@ impl StateStore for RedisStore {
                 // Only if it was not given up or claimed anew meanwhile.
                 if let Some(h) = held.get_mut(&id).filter(|h| h.token == token && !h.lost) {
                     h.lost = true;
-                    lost.push(id);
+                    renewal.lost.push(id);
                 }
+            } else if renewed == 2 {
+                renewal.cancel.push(id);
             }
         }
-        Ok(lost)
+        Ok(renewal)
     }
 
     async fn release(&self, id: FlowId) -> Result<(), StoreError> {
