@@ -32,6 +32,20 @@ outputs:
   words: '${steps.c.output.words}'
 ";
 
+async fn post_json(url: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    resp.json().await.unwrap()
+}
+
+async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_run_on_a_redis_cluster_and_resume_after_a_restart() {
     let cluster = RedisCluster::start(3).unwrap();
@@ -47,27 +61,15 @@ async fn flows_run_on_a_redis_cluster_and_resume_after_a_restart() {
         ("FLOWHOST_CONFIG", config.path().to_str().unwrap()),
     ];
     let mut host = Host::start(&env).unwrap();
-    let client = reqwest::Client::new();
-    let health: Value = client
-        .get(host.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&host.url("/healthz")).await;
     assert_eq!(health["status"], "ok", "{health}");
 
     // A sync run, its keys together in one slot.
-    let run: Value = client
-        .post(host.url("/api/v1/three/execute"))
-        .json(&json!({"inputs": {"text": "One two three four."}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let run = post_json(
+        &host.url("/api/v1/three/execute"),
+        json!({"inputs": {"text": "One two three four."}}),
+    )
+    .await;
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["outputs"]["words"], 4);
     let id = run["flow_id"].as_str().unwrap().to_owned();
@@ -97,15 +99,11 @@ async fn flows_run_on_a_redis_cluster_and_resume_after_a_restart() {
     // Background runs through the queue stream, then listed.
     let mut ids = Vec::new();
     for i in 0..6 {
-        let accepted: Value = client
-            .post(host.url("/api/v1/three/execute-async"))
-            .json(&json!({"inputs": {"text": format!("Run number {i} here.")}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let accepted = post_json(
+            &host.url("/api/v1/three/execute-async"),
+            json!({"inputs": {"text": format!("Run number {i} here.")}}),
+        )
+        .await;
         ids.push(accepted["flow_id"].as_str().unwrap().to_owned());
     }
     for id in &ids {
@@ -118,26 +116,15 @@ async fn flows_run_on_a_redis_cluster_and_resume_after_a_restart() {
             },
         );
     }
-    let listed: Value = client
-        .get(host.url("/api/v1/three/active-flows?status=completed&limit=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(&host.url("/api/v1/three/active-flows?status=completed&limit=100")).await;
     assert_eq!(listed["flows"].as_array().unwrap().len(), 7, "{listed}");
 
     // kill -9 mid-flow; the restarted host (same host_id) takes it back.
-    let accepted: Value = client
-        .post(host.url("/api/v1/three/execute-async"))
-        .json(&json!({"inputs": {"text": "Cut short, then resumed."}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted = post_json(
+        &host.url("/api/v1/three/execute-async"),
+        json!({"inputs": {"text": "Cut short, then resumed."}}),
+    )
+    .await;
     let cut = accepted["flow_id"].as_str().unwrap().to_owned();
     eventually("the slow step runs", Duration::from_secs(20), || {
         redis_step(&mut conn, &cut, "slow")
@@ -155,9 +142,7 @@ async fn flows_run_on_a_redis_cluster_and_resume_after_a_restart() {
         a_before,
         "a ran again"
     );
-    let metrics = client
-        .get(host.url("/metrics"))
-        .send()
+    let metrics = reqwest::get(host.url("/metrics"))
         .await
         .unwrap()
         .text()

@@ -8,63 +8,37 @@
 //! server in this test, over wasi:http, before the plugin does its work.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use flowhost_tests::{
-    Host, RedisServer, config_file, flows_dir, plugin_wasm, redis_flow_field, redis_step,
+    Host, RedisServer, config_file, fake_http_server, flows_dir, plugin_wasm, redis_flow_field,
+    redis_step,
 };
 use serde_json::{Value, json};
 
 /// One reported execution: flow id, step, attempt, when it was received.
 type Report = (String, String, u64, DateTime<Utc>);
 
-/// An HTTP server that records every JSON report POSTed to it.
+/// An HTTP server that records every JSON report POSTed to it, with the
+/// time it arrived.
 fn ledger() -> (u16, Arc<Mutex<Vec<Report>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let reports = Arc::new(Mutex::new(Vec::new()));
     let log = reports.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let log = log.clone();
-            std::thread::spawn(move || serve_report(stream, &log));
+    let port = fake_http_server(move |request| {
+        let received = Utc::now();
+        if let Ok(report) = serde_json::from_slice::<Value>(&request.body) {
+            log.lock().unwrap().push((
+                report["flow_id"].as_str().unwrap_or_default().to_owned(),
+                report["step"].as_str().unwrap_or_default().to_owned(),
+                report["attempt"].as_u64().unwrap_or(0),
+                received,
+            ));
         }
+        "{}".to_owned()
     });
     (port, reports)
-}
-
-fn serve_report(mut stream: std::net::TcpStream, log: &Mutex<Vec<Report>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
-    let received = Utc::now();
-    if let Ok(report) = serde_json::from_slice::<Value>(&body) {
-        log.lock().unwrap().push((
-            report["flow_id"].as_str().unwrap_or_default().to_owned(),
-            report["step"].as_str().unwrap_or_default().to_owned(),
-            report["attempt"].as_u64().unwrap_or(0),
-            received,
-        ));
-    }
-    let _ =
-        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
 }
 
 fn flow(name: &str, slow_ms: u64, report: &str) -> String {
@@ -277,7 +251,13 @@ steps:
     });
     let runner = hosts
         .iter()
-        .position(|h| lease.split(' ').next().unwrap().ends_with(&format!(":{}", h.port)))
+        .position(|h| {
+            lease
+                .split(' ')
+                .next()
+                .unwrap()
+                .ends_with(&format!(":{}", h.port))
+        })
         .unwrap();
     let other = &hosts[1 - runner];
     let clock = Instant::now();
@@ -296,6 +276,9 @@ steps:
         redis_flow_field(&mut conn, &id, "status").as_deref(),
         Some("cancelled")
     );
-    assert_eq!(redis_step(&mut conn, &id, "wait").unwrap()["status"], "cancelled");
+    assert_eq!(
+        redis_step(&mut conn, &id, "wait").unwrap()["status"],
+        "cancelled"
+    );
     println!("cancel through the other host took {took:?}");
 }

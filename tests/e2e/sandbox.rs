@@ -6,14 +6,15 @@
 //! and requests are time-limited; and 20 ordinary flows run beside 5 hostile
 //! ones with the host's memory back at its level afterwards.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowhost_tests::{
-    Host, RedisServer, config_file, flows_dir, free_port, plugin_wasm, plugins_dir, redis_flow_ids,
+    Host, RedisServer, config_file, fake_http_server, flows_dir, free_port, plugin_wasm,
+    plugins_dir, redis_flow_ids,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -233,45 +234,18 @@ async fn every_hostile_plugin_fails_with_its_typed_error_and_the_host_stays_heal
     assert!(redis_flow_ids(&mut conn).len() >= cases.len() * 2);
 }
 
-/// A fake model server: answers every request with `body`, and keeps the
-/// request heads it saw.
+/// A fake model server: answers every request with `body` (`BIG`: a 300 kB
+/// answer), and keeps each request's head and body as text.
 fn model_server(body: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut head = String::new();
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                head.push_str(&line);
-            }
-            let mut payload = vec![0; length];
-            let _ = reader.read_exact(&mut payload);
-            head.push_str(&String::from_utf8_lossy(&payload));
-            log.lock().unwrap().push(head);
-            let big;
-            let answer = if body == "BIG" {
-                big = format!("{{\"response\": \"{}\"}}", "x".repeat(300_000));
-                big.as_str()
-            } else {
-                body
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                answer.len()
-            );
+    let port = fake_http_server(move |request| {
+        let text = request.head + &String::from_utf8_lossy(&request.body);
+        log.lock().unwrap().push(text);
+        if body == "BIG" {
+            format!("{{\"response\": \"{}\"}}", "x".repeat(300_000))
+        } else {
+            body.to_owned()
         }
     });
     (port, seen)

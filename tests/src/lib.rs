@@ -63,6 +63,61 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) ->
     bail!("{what} not ready after {timeout:?}")
 }
 
+/// One request a [`fake_http_server`] received.
+#[derive(Clone, Debug)]
+pub struct ReceivedRequest {
+    /// The request line and headers, as sent.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// A small HTTP/1.1 server on a free loopback port, for plugins to call over
+/// wasi:http: each request (read by its `content-length`) goes to `answer`,
+/// in a thread of its own, and its return value is sent back as a 200 JSON
+/// body. Returns the port.
+pub fn fake_http_server(answer: impl Fn(ReceivedRequest) -> String + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let answer = answer.clone();
+            std::thread::spawn(move || serve_one(stream, &*answer));
+        }
+    });
+    port
+}
+
+fn serve_one(mut stream: std::net::TcpStream, answer: &dyn Fn(ReceivedRequest) -> String) {
+    use std::io::{BufRead, Read, Write};
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = std::io::BufReader::new(clone);
+    let (mut head, mut length) = (String::new(), 0usize);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let reply = answer(ReceivedRequest { head, body });
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+        reply.len()
+    );
+}
+
 /// A `redis-server` of its own, killed on drop.
 pub struct RedisServer {
     child: Child,
