@@ -18,22 +18,27 @@ use flowhost_tests::{
 };
 use serde_json::{Value, json};
 
-/// One reported execution: flow id, step, attempt, when it was received.
+/// One reported execution: flow id, step, attempt, when it began (by the
+/// wall clock the plugin read, the host's).
 type Report = (String, String, u64, DateTime<Utc>);
 
-/// An HTTP server that records every JSON report POSTed to it, with the
-/// time it arrived.
+/// An HTTP server that records every JSON report POSTed to it. The time is
+/// the one the plugin reports, not the arrival: a host frozen in the middle
+/// of sending a report delivers it late.
 fn ledger() -> (u16, Arc<Mutex<Vec<Report>>>) {
     let reports = Arc::new(Mutex::new(Vec::new()));
     let log = reports.clone();
     let port = fake_http_server(move |request| {
-        let received = Utc::now();
         if let Ok(report) = serde_json::from_slice::<Value>(&request.body) {
+            let started = report["started_ms"]
+                .as_i64()
+                .and_then(DateTime::from_timestamp_millis)
+                .expect("started_ms in the report");
             log.lock().unwrap().push((
                 report["flow_id"].as_str().unwrap_or_default().to_owned(),
                 report["step"].as_str().unwrap_or_default().to_owned(),
                 report["attempt"].as_u64().unwrap_or(0),
-                received,
+                started,
             ));
         }
         "{}".to_owned()

@@ -256,9 +256,15 @@ async fn allowed_hosts_are_reached_with_the_secret_and_others_are_denied() {
     let redis = RedisServer::start().unwrap();
     let (port, seen) = model_server(r#"{"choices": [{"text": "a short answer"}]}"#);
     let (big_port, _) = model_server("BIG");
+    // A server slower than the manifest's request timeout.
+    let slow_port = fake_http_server(|_| {
+        std::thread::sleep(Duration::from_secs(4));
+        "{}".to_owned()
+    });
     let plugins = plugins_dir(&[]);
     let manifest = format!(
-        "[http]\nallow = [\"127.0.0.1:{port}\", \"127.0.0.1:{big_port}\"]\nmax_response_bytes = 100000\n\
+        "[http]\nallow = [\"127.0.0.1:{port}\", \"127.0.0.1:{big_port}\", \"127.0.0.1:{slow_port}\"]\n\
+         max_response_bytes = 100000\ntimeout_ms = 1000\n\
          [secrets]\nLLM_API_KEY = \"MODEL_KEY\"\n"
     );
     add_plugin(
@@ -287,6 +293,7 @@ outputs:
         ("ask", &flow("ask", port)),
         ("ask_big", &flow("ask_big", big_port)),
         ("ask_elsewhere", &flow("ask_elsewhere", free_port())),
+        ("ask_slow", &flow("ask_slow", slow_port)),
     ]);
     let config = config_file("");
     let secret = "sk-test-7f3a9c2e51";
@@ -322,6 +329,19 @@ outputs:
         error.contains("body size exceeds limit: 100000 bytes"),
         "{error}"
     );
+
+    // A server slower than the manifest's timeout_ms: the request fails at it.
+    let clock = Instant::now();
+    let (_, run) = execute(&host, "ask_slow", json!({"prompt": "hi"})).await;
+    let took = clock.elapsed();
+    assert_eq!(run["status"], "failed", "{run}");
+    let error = run["steps"][0]["error"].as_str().unwrap();
+    assert!(error.contains("Timeout"), "{error}");
+    assert!(
+        took < Duration::from_millis(3000),
+        "the request took {took:?}"
+    );
+    println!("slow server: failed after {took:?}: {error}");
 
     // A host not on the list is refused before any connection is made.
     let (_, run) = execute(&host, "ask_elsewhere", json!({"prompt": "hi"})).await;

@@ -1,8 +1,9 @@
 //! The `chaos` test plugin: succeeds, fails, panics, sleeps, spins, loops or
 //! returns bad or big output as its config's `mode` asks, so that tests can
 //! drive every path of the host. With `report_url` in its config it first
-//! POSTs `{"flow_id", "step", "attempt"}` there (the host must allow that
-//! host in the plugin's manifest), so a test can see every execution.
+//! POSTs `{"flow_id", "step", "attempt", "started_ms"}` there (the host must
+//! allow that host in the plugin's manifest), so a test can see every
+//! execution and when it began.
 
 use std::time::{Duration, Instant};
 
@@ -84,10 +85,16 @@ impl Guest for Chaos {
             &format!("chaos: mode {mode}, attempt {}", request.attempt),
         );
         if let Some(url) = config.get("report_url").and_then(Value::as_str) {
+            // When this execution began, by the host's wall clock: the
+            // report itself may arrive late (its host frozen mid-request).
+            let started_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
             let report = json!({
                 "flow_id": request.flow_id,
                 "step": request.step,
                 "attempt": request.attempt,
+                "started_ms": started_ms,
             })
             .to_string();
             httpkit::request(
