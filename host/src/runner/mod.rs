@@ -944,15 +944,21 @@ impl FlowRunner {
         // Claim the flow so that a resume cannot start it meanwhile, here or
         // on another host; a flow another live host runs is cancelled there.
         let _guard = self.activate(id)?;
-        match self.inner.store.claim(id).await.map_err(RunError::Store)? {
-            Claim::Granted => {}
-            Claim::HeldElsewhere(owner) => {
+        let (claim, state) = self
+            .inner
+            .store
+            .claim_and_load(id)
+            .await
+            .map_err(RunError::Store)?;
+        let state = match (claim, state) {
+            (Claim::Granted, Some(state)) => state,
+            (Claim::HeldElsewhere(owner), _) => {
                 drop(_guard);
                 return self.cancel_elsewhere(id, &owner).await;
             }
-            Claim::Missing => return Err(RunError::NotFound(id)),
-        }
-        let result = self.cancel_claimed(id).await;
+            (Claim::Granted | Claim::Missing, _) => return Err(RunError::NotFound(id)),
+        };
+        let result = self.cancel_claimed(state).await;
         // The cancelled state gave the lease up; any other outcome does here.
         if let Err(e) = self.inner.store.release(id).await {
             tracing::debug!(flow_id = %id, error = %e, "cannot release a lease");
@@ -991,8 +997,9 @@ impl FlowRunner {
         }
     }
 
-    async fn cancel_claimed(&self, id: FlowId) -> Result<FlowState, RunError> {
-        let mut state = self.stored(id).await?;
+    /// Cancels a flow claimed here, as loaded with its claim.
+    async fn cancel_claimed(&self, mut state: FlowState) -> Result<FlowState, RunError> {
+        let id = state.flow_id;
         match state.status {
             FlowStatus::Completed => {
                 return Err(RunError::Conflict(format!(
