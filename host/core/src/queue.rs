@@ -4,16 +4,22 @@
 //! lease (claimed, renewed, fenced: see `StateStore::claim`), and the flows
 //! of a host that died or shut down are taken over by the others.
 //!
-//! `WorkQueue` is the port; `state::FallbackStore` implements it on Redis.
-//! `worker` holds the loops each host runs: take, renew, reclaim.
-
-pub mod worker;
+//! `WorkQueue` is the port; the Redis crate implements it. The loops each
+//! host runs over it (take, renew, reclaim) are `runner::worker`.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::state::{Delivery, FlowId, StoreError};
+use crate::state::{FlowId, StoreError};
+
+/// One delivery of a submitted run from the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The queue's own id of the entry.
+    pub entry: String,
+    pub flow_id: FlowId,
+}
 
 #[async_trait]
 pub trait WorkQueue: Send + Sync {

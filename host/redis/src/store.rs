@@ -247,13 +247,6 @@ struct Held {
     lost: bool,
 }
 
-/// One delivery of a submitted run from the stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    pub entry: String,
-    pub flow_id: FlowId,
-}
-
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,

@@ -1,6 +1,7 @@
-//! In-process `StateStore`: the embedded default when no Redis is configured,
-//! and the fallback while a configured Redis is unreachable. Nothing survives
-//! a restart.
+//! The in-process adapter of the `StateStore` and `ResultCache` ports: the
+//! default when no Redis is configured, the fallback while a configured Redis
+//! is unreachable, and the store of the runner's own tests. Nothing survives
+//! a restart; every claim is granted (one host).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
 
-use super::{
+use crate::state::{
     FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, StateStore, StoreError,
 };
 

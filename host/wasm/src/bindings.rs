@@ -3,7 +3,7 @@
 //! back to the runtime; the `log` import is synchronous.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "executor",
     exports: { default: async },
 });

@@ -7,10 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runner::{FlowRunner, RunError};
-use crate::state::{Delivery, FlowId, StateStore};
-
-use super::WorkQueue;
+use super::{FlowRunner, RunError};
+use crate::queue::{Delivery, WorkQueue};
+use crate::state::{FlowId, StateStore};
 
 /// How a host takes part in the shared work.
 #[derive(Clone, Debug)]

@@ -1,75 +1,9 @@
-//! The content-addressed result cache: what goes into a key, the canonical
-//! JSON it hashes, the `ResultCache` port, and single-flight.
-//!
-//! A step's key is blake3 over the plugin component's own hash, the contract
+//! Cache keys: blake3 over the plugin component's own hash, the contract
 //! version, and the step's config and input in canonical JSON (sorted keys,
 //! one number form), each length-prefixed. A rebuilt plugin with other bytes
-//! never shares a key. Adapters live with the state stores (`state::memory`,
-//! `state::redis`) so that one module owns the Redis key names.
+//! never shares a key.
 
-mod single_flight;
-
-use std::time::Duration;
-
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-pub use single_flight::{Flight, Leader, SingleFlight, wait};
-
-/// One cached result: a step's output, or a whole flow's outputs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CachedResult {
-    /// The hex blake3 key.
-    pub key: String,
-    /// The plugin that computed it; empty for a whole-flow result.
-    pub plugin: String,
-    /// The flow whose run stored it.
-    pub flow: String,
-    /// The step that stored it; empty for a whole-flow result.
-    pub step: String,
-    pub output: Value,
-    pub stored_at: DateTime<Utc>,
-}
-
-/// Which entries to remove.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Invalidate {
-    Key(String),
-    /// Every entry computed by the plugin of this name.
-    Plugin(String),
-    /// Every entry stored by runs of this flow, whole-flow results included.
-    Flow(String),
-}
-
-impl Invalidate {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Invalidate::Key(_) => "key",
-            Invalidate::Plugin(_) => "plugin",
-            Invalidate::Flow(_) => "flow",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("cache unavailable: {0}")]
-    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("cache entry {key} is corrupt: {reason}")]
-    Corrupt { key: String, reason: String },
-}
-
-/// Where results are kept, each with a time to live enforced by the store
-/// itself (Redis `PX`, or expiry times in memory).
-#[async_trait]
-pub trait ResultCache: Send + Sync {
-    async fn get(&self, key: &str) -> Result<Option<CachedResult>, CacheError>;
-    async fn put(&self, entry: &CachedResult, ttl: Duration) -> Result<(), CacheError>;
-    /// Removes entries; returns how many existed.
-    async fn invalidate(&self, what: &Invalidate) -> Result<u64, CacheError>;
-}
 
 /// The key of one step's result.
 pub fn step_key(plugin_hash: &str, contract: &str, config: &Value, input: &Value) -> String {

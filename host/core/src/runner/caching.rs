@@ -1,0 +1,222 @@
+//! How the runner uses the `ResultCache` port: whether a step or a whole
+//! flow is cached and under which key, lookups with single-flight (one
+//! computation per key on this host, the others wait for it), and stores.
+//! A cache that fails is logged and counted; the step runs regardless.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+
+use super::{FlowRunner, RunError};
+use crate::cache::{self, CachedResult, Flight, Invalidate, Leader};
+use crate::executor::PluginFacts;
+use crate::flow::{FlowDefinition, StepDef};
+use crate::observe::Event;
+use crate::state::{FlowState, FlowStatus, StepStatus};
+
+/// How one step uses the cache.
+pub(super) struct CachePlan {
+    pub key: String,
+    pub ttl: Duration,
+}
+
+impl FlowRunner {
+    /// Removes cached results; returns how many there were.
+    pub async fn invalidate_cache(&self, what: &Invalidate) -> Result<u64, cache::CacheError> {
+        let removed = self.inner.cache.invalidate(what).await?;
+        self.observe(Event::CacheInvalidated {
+            by: what.label(),
+            removed,
+        });
+        tracing::info!(by = what.label(), removed, "cache invalidated");
+        Ok(removed)
+    }
+
+    fn flow_ttl(&self, def: &FlowDefinition) -> Duration {
+        def.cache
+            .ttl_seconds
+            .map_or(self.inner.config.cache.ttl, Duration::from_secs)
+    }
+
+    /// The whole-flow key, when the flow asks for whole-flow caching.
+    pub(super) fn flow_cache_key(&self, def: &FlowDefinition, inputs: &Value) -> Option<String> {
+        if !(self.inner.config.cache.enabled && def.cache.flow_result)
+            || def.cache.enabled == Some(false)
+        {
+            return None;
+        }
+        let facts: Vec<(&str, String)> = def
+            .steps
+            .iter()
+            .map(|s| {
+                let hash = self.inner.executor.plugin(&s.plugin).map(|p| p.hash);
+                (s.name.as_str(), hash.unwrap_or_default())
+            })
+            .collect();
+        let hashes: Vec<(&str, &str)> = facts.iter().map(|(s, h)| (*s, h.as_str())).collect();
+        Some(cache::flow_key(&def.hash, &hashes, inputs))
+    }
+
+    /// Completes `state` from a stored whole-flow result, if there is one.
+    pub(super) async fn flow_cache_hit(
+        &self,
+        def: &FlowDefinition,
+        state: &mut FlowState,
+        key: &str,
+    ) -> Result<Option<FlowState>, RunError> {
+        let clock = Instant::now();
+        let entry = match self.inner.cache.get(key).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.observe(Event::CacheFailed);
+                tracing::warn!(error = %e, "flow cache unavailable; running the flow");
+                return Ok(None);
+            }
+        };
+        let now = Utc::now();
+        for (name, st) in state.steps.iter_mut() {
+            st.status = StepStatus::Completed;
+            st.cached = true;
+            st.cache_key = Some(key.to_owned());
+            st.started_at = Some(now);
+            st.completed_at = Some(now);
+            st.execution_time = Some(0.0);
+            st.outputs = entry.output["steps"].get(name).cloned();
+        }
+        state.status = FlowStatus::Completed;
+        state.outputs = entry.output.get("outputs").cloned();
+        state.completed_at = Some(now);
+        state.total_execution_time = Some(clock.elapsed().as_secs_f64());
+        state.metadata.insert("flow_cache".into(), "hit".into());
+        state.metadata.insert("cache_key".into(), key.into());
+        self.observe(Event::FlowCacheHit { flow: &def.name });
+        // The run is recorded like any other, already completed.
+        self.create(state).await?;
+        self.count_finished(state, clock.elapsed().as_secs_f64());
+        Ok(Some(state.clone()))
+    }
+
+    /// Stores a completed run's outputs and step outputs under its flow key.
+    pub(super) async fn store_flow_result(
+        &self,
+        def: &FlowDefinition,
+        key: String,
+        state: &FlowState,
+    ) {
+        let steps: Map<String, Value> = state
+            .steps
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.outputs.clone()?)))
+            .collect();
+        let entry = CachedResult {
+            key,
+            plugin: String::new(),
+            flow: def.name.clone(),
+            step: String::new(),
+            output: serde_json::json!({ "outputs": state.outputs, "steps": steps }),
+            stored_at: Utc::now(),
+        };
+        if let Err(e) = self.inner.cache.put(&entry, self.flow_ttl(def)).await {
+            self.observe(Event::CacheFailed);
+            tracing::warn!(error = %e, "cannot store the flow result");
+        }
+    }
+
+    /// Whether and how a step uses the cache: on unless turned off by the
+    /// configuration, the flow or the step; only for a deterministic plugin
+    /// unless the step forces it.
+    pub(super) fn cache_plan(
+        &self,
+        def: &FlowDefinition,
+        step: &StepDef,
+        plugin: &PluginFacts,
+        input: &Value,
+    ) -> Option<CachePlan> {
+        let settings = &self.inner.config.cache;
+        let on = settings.enabled
+            && def.cache.enabled != Some(false)
+            && step.cache.enabled != Some(false)
+            && (plugin.deterministic || step.cache.force);
+        let contract = self.inner.executor.contract_version();
+        on.then(|| CachePlan {
+            key: cache::step_key(&plugin.hash, contract, &step.config, input),
+            ttl: step
+                .cache
+                .ttl_seconds
+                .or(def.cache.ttl_seconds)
+                .map_or(settings.ttl, Duration::from_secs),
+        })
+    }
+
+    /// Looks a key up; on a miss, either leads its computation or waits
+    /// (bounded) for the flow that does. `Ok` is a hit.
+    pub(super) async fn cache_lookup(
+        &self,
+        plan: &CachePlan,
+        plugin: &str,
+    ) -> Result<Value, Option<Leader>> {
+        match self.inner.cache.get(&plan.key).await {
+            Ok(Some(entry)) => {
+                self.observe(Event::CacheHit { plugin });
+                return Ok(entry.output);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.observe(Event::CacheFailed);
+                tracing::warn!(error = %e, "cache unavailable; running the step");
+            }
+        }
+        match self.inner.single_flight.join(&plan.key) {
+            Flight::Leader(leader) => {
+                self.observe(Event::CacheMiss { plugin });
+                Err(Some(leader))
+            }
+            Flight::Follower(rx) => {
+                self.observe(Event::CacheWaited { plugin });
+                match cache::wait(rx, self.inner.config.cache.single_flight_wait).await {
+                    Some(output) => {
+                        self.observe(Event::CacheHit { plugin });
+                        Ok(output)
+                    }
+                    None => {
+                        self.observe(Event::CacheMiss { plugin });
+                        Err(None)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores a step's output under its plan's key, and hands it to the
+    /// steps waiting for the same key.
+    pub(super) async fn store_step_result(
+        &self,
+        (def, step): (&FlowDefinition, &StepDef),
+        plan: &CachePlan,
+        output: &Value,
+        leader: Option<Leader>,
+    ) {
+        let entry = CachedResult {
+            key: plan.key.clone(),
+            plugin: step.plugin.clone(),
+            flow: def.name.clone(),
+            step: step.name.clone(),
+            output: output.clone(),
+            stored_at: Utc::now(),
+        };
+        match self.inner.cache.put(&entry, plan.ttl).await {
+            Ok(()) => self.observe(Event::CacheStored {
+                plugin: &step.plugin,
+            }),
+            Err(e) => {
+                self.observe(Event::CacheFailed);
+                tracing::warn!(error = %e, "cannot store the step result");
+            }
+        }
+        if let Some(leader) = leader {
+            leader.finish(Some(output.clone()));
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! One step, from its first attempt's `running` state (recorded by the
+//! scheduler) to its final state, which it returns for the scheduler to
+//! record: a cache lookup, then attempts under the step's retry policy, each
+//! ending in an `Attempt`. Only what happens between attempts is written here.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use super::FlowRunner;
+use super::active::Active;
+use crate::executor::{Call, PluginError};
+use crate::flow::{FlowDefinition, StepDef};
+use crate::observe::Event;
+use crate::state::{FlowId, FlowPatch, FlowStepState, StepStatus};
+
+/// How one attempt of a step ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Attempt {
+    Completed,
+    /// Stopped from outside: a cancel, a shutdown, a lost lease.
+    Interrupted,
+    /// Failed, and the policy allows another attempt.
+    Retry,
+    /// Failed for good.
+    Failed,
+}
+
+impl Attempt {
+    /// The `outcome` label of the step-attempt metric.
+    fn label(self) -> &'static str {
+        match self {
+            Attempt::Completed => "completed",
+            Attempt::Interrupted => "interrupted",
+            Attempt::Retry | Attempt::Failed => "failed",
+        }
+    }
+}
+
+impl FlowRunner {
+    /// Runs step `index` of `def` from `st` (recorded running) to its final
+    /// state: served from the cache, or attempted until it completes, fails
+    /// for good or is interrupted.
+    pub(super) async fn run_step(
+        &self,
+        flow_id: FlowId,
+        def: &FlowDefinition,
+        index: usize,
+        mut st: FlowStepState,
+        active: &Active,
+    ) -> FlowStepState {
+        let step = &def.steps[index];
+        let policy = self.inner.config.retry.with_overrides(&step.retry);
+        let input = st.inputs.clone().unwrap_or(Value::Null);
+        let plan = self
+            .inner
+            .executor
+            .plugin(&step.plugin)
+            .and_then(|p| self.cache_plan(def, step, &p, &input));
+        let mut leader = None;
+        if let Some(plan) = &plan {
+            st.cache_key = Some(plan.key.clone());
+            let clock = Instant::now();
+            match self.cache_lookup(plan, &step.plugin).await {
+                Ok(output) => {
+                    st.status = StepStatus::Completed;
+                    st.cached = true;
+                    st.outputs = Some(output);
+                    st.completed_at = Some(Utc::now());
+                    st.execution_time = Some(clock.elapsed().as_secs_f64());
+                    return st;
+                }
+                Err(lead) => leader = lead,
+            }
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if tries > 1 {
+                self.record_retry_start(flow_id, step, &mut st).await;
+            }
+            let attempt = self
+                .attempt(flow_id, step, &mut st, active, tries < policy.max_attempts)
+                .await;
+            self.observe(Event::StepAttempted {
+                flow: &def.name,
+                step: &step.name,
+                plugin: &step.plugin,
+                outcome: attempt.label(),
+                seconds: st.execution_time.unwrap_or(0.0),
+            });
+            match attempt {
+                Attempt::Completed => {
+                    if let (Some(plan), Some(output)) = (&plan, &st.outputs) {
+                        self.store_step_result((def, step), plan, output, leader.take())
+                            .await;
+                    }
+                    return st;
+                }
+                Attempt::Interrupted | Attempt::Failed => return st,
+                Attempt::Retry => {}
+            }
+            let r = self
+                .inner
+                .store
+                .save_step(flow_id, &st, &FlowPatch::default())
+                .await;
+            self.record(flow_id, r);
+            self.observe(Event::StepRetried {
+                flow: &def.name,
+                step: &step.name,
+                plugin: &step.plugin,
+            });
+            let delay = policy.delay(tries, fastrand::f64());
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = active.stop.cancelled() => {
+                    if active.is_cancelled() {
+                        st.status = StepStatus::Cancelled;
+                    } else {
+                        // Shutdown between attempts: the next attempt is due
+                        // and runs on resume.
+                        st.status = StepStatus::Pending;
+                        st.attempt += 1;
+                    }
+                    return st;
+                }
+            }
+            st.attempt += 1;
+        }
+    }
+
+    /// Records a retry's attempt running before its plugin is called.
+    async fn record_retry_start(&self, flow_id: FlowId, step: &StepDef, st: &mut FlowStepState) {
+        st.status = StepStatus::Running;
+        st.started_at = Some(Utc::now());
+        st.completed_at = None;
+        st.execution_time = None;
+        let patch = FlowPatch {
+            current_step: Some(step.name.clone()),
+            ..FlowPatch::default()
+        };
+        let r = self.inner.store.save_step(flow_id, st, &patch).await;
+        self.record(flow_id, r);
+    }
+
+    /// One call of the step's plugin, its result written into `st`.
+    async fn attempt(
+        &self,
+        flow_id: FlowId,
+        step: &StepDef,
+        st: &mut FlowStepState,
+        active: &Active,
+        may_retry: bool,
+    ) -> Attempt {
+        let clock = Instant::now();
+        let id = flow_id.to_string();
+        let call = Call {
+            flow_id: &id,
+            step: &step.name,
+            attempt: st.attempt,
+            config: &step.config,
+            input: st.inputs.as_ref().unwrap_or(&Value::Null),
+            timeout: step.timeout,
+            stop: &active.stop,
+        };
+        let execution = self.inner.executor.execute(&step.plugin, &call).await;
+        st.stdout = execution.stdout;
+        st.stderr = execution.stderr;
+        st.completed_at = Some(Utc::now());
+        st.execution_time = Some(clock.elapsed().as_secs_f64());
+        match execution.result {
+            Ok(output) => {
+                st.status = StepStatus::Completed;
+                st.outputs = Some(output);
+                st.error = None;
+                st.error_kind = None;
+                Attempt::Completed
+            }
+            Err(PluginError::Interrupted) => {
+                let (status, why) = if active.is_cancelled() {
+                    (StepStatus::Cancelled, "cancelled while running")
+                } else if active.lost.load(Ordering::SeqCst) {
+                    // Another host runs the flow now; nothing is recorded.
+                    (StepStatus::Pending, "interrupted: lease lost")
+                } else {
+                    // Shutdown: this attempt runs again on resume.
+                    (StepStatus::Pending, "interrupted by shutdown")
+                };
+                st.status = status;
+                st.error = Some(why.into());
+                Attempt::Interrupted
+            }
+            Err(e) => {
+                if let Some(kind) = e.trap_kind() {
+                    self.observe(Event::PluginTrapped {
+                        plugin: &step.plugin,
+                        kind,
+                    });
+                }
+                tracing::warn!(flow_id = %flow_id, step = %step.name, plugin = %step.plugin, attempt = st.attempt, error = %e, "step attempt failed");
+                st.status = StepStatus::Failed;
+                st.error = Some(e.to_string());
+                st.error_kind = Some(e.kind().to_owned());
+                if e.is_retryable() && may_retry {
+                    Attempt::Retry
+                } else {
+                    Attempt::Failed
+                }
+            }
+        }
+    }
+}
