@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use flowhost::App;
 use flowhost::config::{Config, Overrides};
-use flowhost::runner::FlowContext;
-use flowhost::state::{FlowStatus, StepStatus};
+use flowhost_core::runner::FlowContext;
+use flowhost_core::state::{FlowStatus, StepStatus};
 use flowhost_tests::{flows_dir, plugins_dir};
 use serde_json::Map;
 

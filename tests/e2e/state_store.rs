@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use flowhost::state::{
-    FallbackStore, FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, ListFilter,
-    MemoryStore, RedisStore, RedisStoreConfig, StateStore, StepStatus, StoreError,
+use flowhost_core::memory::MemoryStore;
+use flowhost_core::state::{
+    FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, ListFilter, StateStore, StepStatus,
+    StoreError,
 };
+use flowhost_redis::{FallbackStore, RedisStore, RedisStoreConfig};
 use flowhost_tests::RedisServer;
 use serde_json::json;
 
@@ -88,7 +90,7 @@ async fn contract(store: &dyn StateStore) {
     store.create_flow(&b).await.unwrap();
     store.create_flow(&c).await.unwrap();
     let ids =
-        |v: Vec<flowhost::state::FlowSummary>| v.into_iter().map(|s| s.flow_id).collect::<Vec<_>>();
+        |v: Vec<flowhost_core::state::FlowSummary>| v.into_iter().map(|s| s.flow_id).collect::<Vec<_>>();
     let all = ListFilter {
         limit: 10,
         ..ListFilter::default()

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use flowhost::App;
 use flowhost::app::plugin_limits;
 use flowhost::config::{Config, Overrides};
-use flowhost::plugin::{Call, PluginHost};
-use flowhost::runner::FlowContext;
+use flowhost_wasm::{Call, PluginHost};
+use flowhost_core::runner::FlowContext;
 use flowhost_tests::{RedisServer, flows_dir, plugin_wasm, plugins_dir, repo_root};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
@@ -287,7 +287,7 @@ async fn in_process(t: &mut Table, redis: &RedisServer) -> Result<()> {
                 if i >= 200 {
                     samples.push(c.elapsed());
                 }
-                anyhow::ensure!(s.status == flowhost::state::FlowStatus::Completed);
+                anyhow::ensure!(s.status == flowhost_core::state::FlowStatus::Completed);
             }
             let (p50, p99) = summary(samples);
             t.row(
@@ -516,7 +516,7 @@ async fn redis_cost(t: &mut Table, redis: &RedisServer) -> Result<()> {
                 .runner
                 .execute(def.clone(), inputs, FlowContext::new())
                 .await?;
-            anyhow::ensure!(s.status == flowhost::state::FlowStatus::Completed);
+            anyhow::ensure!(s.status == flowhost_core::state::FlowStatus::Completed);
         }
         let (c1, b1) = redis_counters(&mut conn)?;
         let (calls, bytes) = (

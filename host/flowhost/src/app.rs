@@ -1,28 +1,35 @@
-//! Wires the adapters together from a validated `Config`: plugins, flows,
-//! state store, metrics and runner. `main` and the tests build an `App` the
-//! same way, then serve it or run a flow with it.
+//! The composition root: builds the adapters from a validated `Config`
+//! (plugins on wasmtime, the Redis or memory store, Prometheus metrics) and
+//! hands them to the core's runner as ports. The CLI and the tests build an
+//! `App` the same way, then serve it or run a flow with it.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowhost_core::flow::FlowCatalog;
+use flowhost_core::observe::Observer;
+use flowhost_core::queue::WorkQueue;
+use flowhost_core::runner::worker::QueueSettings;
+use flowhost_core::runner::{CacheSettings, FlowRunner, Ports, RetryPolicy, RunnerConfig};
+use flowhost_core::state::StateStore;
+use flowhost_redis::{FallbackStore, RedisHealth, RedisStoreConfig};
+use flowhost_wasm::manifest::Defaults;
+use flowhost_wasm::{Limits, PluginHost};
+
 use crate::config::Config;
-use crate::flow::FlowCatalog;
 use crate::metrics::Metrics;
-use crate::plugin::manifest::Defaults;
-use crate::plugin::{Limits, PluginHost};
-use crate::queue::WorkQueue;
-use crate::queue::worker::QueueSettings;
-use crate::runner::{CacheSettings, FlowRunner, RetryPolicy, RunnerConfig};
-use crate::state::{FallbackStore, RedisStoreConfig, StateStore};
 
 pub struct App {
     pub config: Config,
     pub plugins: Arc<PluginHost>,
     pub flows: Arc<FlowCatalog>,
-    pub store: Arc<FallbackStore>,
+    /// The state store, as the port the handlers read it through.
+    pub store: Arc<dyn StateStore>,
     pub metrics: Arc<Metrics>,
     pub runner: FlowRunner,
+    /// The same store, for what only the Redis adapter knows: its health.
+    fallback: Arc<FallbackStore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,18 +60,10 @@ impl App {
         let host_id = config.host_id();
         tracing::info!(host_id, "starting");
         let store = match config.redis_url() {
-            Some(url) => {
-                let redis = RedisStoreConfig {
-                    url: url.to_owned(),
-                    cluster: config.redis.cluster,
-                    owner: host_id.clone(),
-                    lease_ttl: Duration::from_millis(config.queue.lease_ttl_ms),
-                    key_prefix: config.redis.key_prefix.clone(),
-                    response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
-                    connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
-                    retention: Some(Duration::from_secs(config.retention.finished_seconds)),
-                };
-                let store = FallbackStore::redis_with_metrics(redis, metrics.clone()).await;
+            Some(_) => {
+                let redis = redis_config(&config, host_id.clone());
+                let observer: Arc<dyn Observer> = metrics.clone();
+                let store = FallbackStore::redis_with_observer(redis, observer).await;
                 tokio::spawn(
                     store
                         .clone()
@@ -84,40 +83,29 @@ impl App {
             Duration::from_secs(config.retention.prune_interval_seconds.max(1)),
         ));
 
-        let retry = &config.retry;
-        let runner = FlowRunner::new(
-            plugins.clone(),
-            flows.clone(),
-            store.clone(),
-            store.clone(),
-            metrics.clone(),
-            RunnerConfig {
-                retry: RetryPolicy {
-                    max_attempts: retry.max_attempts,
-                    initial_delay: Duration::from_millis(retry.initial_delay_ms),
-                    factor: retry.factor,
-                    max_delay: Duration::from_millis(retry.max_delay_ms),
-                    jitter: retry.jitter,
-                },
-                max_async_in_flight: config.submit.max_in_flight,
-                idempotency_ttl: Duration::from_secs(config.submit.idempotency_ttl_seconds),
-                cache: CacheSettings {
-                    enabled: config.cache.enabled,
-                    ttl: Duration::from_secs(config.cache.ttl_seconds),
-                    single_flight_wait: Duration::from_millis(config.cache.single_flight_wait_ms),
-                },
-            },
-            Some(store.clone() as Arc<dyn WorkQueue>),
-        );
-
+        let ports = Ports {
+            executor: plugins.clone(),
+            flows: flows.clone(),
+            store: store.clone(),
+            cache: store.clone(),
+            queue: Some(store.clone() as Arc<dyn WorkQueue>),
+            observer: metrics.clone(),
+        };
+        let runner = FlowRunner::new(ports, runner_config(&config));
         Ok(Arc::new(App {
             config,
             plugins,
             flows,
-            store,
+            store: store.clone(),
             metrics,
             runner,
+            fallback: store,
         }))
+    }
+
+    /// What `/healthz` says of Redis.
+    pub fn redis_health(&self) -> RedisHealth {
+        self.fallback.health()
     }
 
     /// Starts the host's background work once it serves. Sharing a Redis:
@@ -128,10 +116,10 @@ impl App {
     pub async fn resume_on_start(&self) {
         if self.runner.is_shared() {
             let q = &self.config.queue;
-            crate::queue::worker::spawn(
+            flowhost_core::runner::worker::spawn(
                 self.runner.clone(),
-                self.store.clone(),
-                self.store.clone(),
+                self.fallback.clone(),
+                self.fallback.clone(),
                 QueueSettings {
                     max_running: q.max_running,
                     lease_ttl: Duration::from_millis(q.lease_ttl_ms),
@@ -162,14 +150,50 @@ impl App {
     ) -> Result<PluginHost, BuildError> {
         let mut plugins = PluginHost::new(plugin_limits(config)).map_err(BuildError::Engine)?;
         if let Some(m) = metrics {
-            plugins = plugins.with_metrics(m);
+            plugins = plugins.with_observer(m);
         }
         plugins.load_dir(&config.plugins_dir).await;
         Ok(plugins)
     }
 
+    /// The flows folder, checked against the loaded plugins.
     pub fn load_flows(config: &Config, plugins: &PluginHost) -> FlowCatalog {
         FlowCatalog::load_dir(&config.flows_dir, &|name| plugins.get(name).is_some())
+    }
+}
+
+/// The runner's settings, from the configuration.
+fn runner_config(config: &Config) -> RunnerConfig {
+    let retry = &config.retry;
+    RunnerConfig {
+        retry: RetryPolicy {
+            max_attempts: retry.max_attempts,
+            initial_delay: Duration::from_millis(retry.initial_delay_ms),
+            factor: retry.factor,
+            max_delay: Duration::from_millis(retry.max_delay_ms),
+            jitter: retry.jitter,
+        },
+        max_async_in_flight: config.submit.max_in_flight,
+        idempotency_ttl: Duration::from_secs(config.submit.idempotency_ttl_seconds),
+        cache: CacheSettings {
+            enabled: config.cache.enabled,
+            ttl: Duration::from_secs(config.cache.ttl_seconds),
+            single_flight_wait: Duration::from_millis(config.cache.single_flight_wait_ms),
+        },
+    }
+}
+
+/// The Redis store of the configuration, whose leases are held as `owner`.
+pub fn redis_config(config: &Config, owner: String) -> RedisStoreConfig {
+    RedisStoreConfig {
+        url: config.redis_url().unwrap_or_default().to_owned(),
+        cluster: config.redis.cluster,
+        owner,
+        lease_ttl: Duration::from_millis(config.queue.lease_ttl_ms),
+        key_prefix: config.redis.key_prefix.clone(),
+        response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
+        connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
+        retention: Some(Duration::from_secs(config.retention.finished_seconds)),
     }
 }
 
@@ -199,7 +223,7 @@ pub fn plugin_limits(config: &Config) -> Limits {
 /// Removes finished flows past their retention, every `every`. In Redis
 /// their keys expire by themselves; this also keeps the memory store and the
 /// indexes from growing.
-async fn prune_periodically(store: Arc<FallbackStore>, retention: Duration, every: Duration) {
+async fn prune_periodically(store: Arc<dyn StateStore>, retention: Duration, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         match store.prune_older_than(retention).await {

@@ -1,20 +1,15 @@
-//! flowhost: runs flows of sandboxed WebAssembly executor steps, records every
-//! step's state in Redis (or memory), and serves them over HTTP.
+//! flowhost, the binary crate: configuration, the wiring of the core to its
+//! adapters (`app`), the HTTP API, the Prometheus metrics, and the commands
+//! of the `flowhost` CLI. `main.rs` only parses the command line.
 //!
-//! The core (`flow`, `runner`, `state` types) names no adapter; `plugin` alone
-//! touches wasmtime, `state::redis` alone knows Redis keys, `api` alone HTTP.
+//! The core (`flowhost-core`) names no adapter; this crate is the one place
+//! that names them all (`flowhost-wasm`, `flowhost-redis`, axum, prometheus).
 
-pub mod analytics;
 pub mod api;
 pub mod app;
-pub mod cache;
+pub mod cli;
 pub mod config;
-pub mod flow;
 pub mod metrics;
-pub mod plugin;
-pub mod queue;
-pub mod runner;
-pub mod state;
 
 pub use api::serve;
 pub use app::App;

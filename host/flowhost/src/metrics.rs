@@ -1,8 +1,11 @@
-//! Every Prometheus metric flowhost exports, named in this one place.
+//! Every Prometheus metric flowhost exports, named in this one place, and the
+//! `Observer` that turns the core's and the adapters' events into them.
 //!
 //! Labels are bounded: flow, step and plugin names come from the loaded
 //! definitions, outcomes from fixed sets; never a flow id or an error text.
 
+use flowhost_core::observe::{Event, Observer};
+use flowhost_core::state::FlowStatus;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -103,6 +106,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    // One registration per metric, all in this one function: it is the
+    // catalogue of what flowhost exports (the test below counts them).
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let flows_started = Family::<FlowLabel, Counter>::default();
@@ -373,6 +378,152 @@ impl Metrics {
             .filter_map(|l| l.split_once(' '))
             .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
             .collect()
+    }
+}
+
+fn plugin(name: &str) -> PluginLabel {
+    PluginLabel {
+        plugin: name.to_owned(),
+    }
+}
+
+fn flow(name: &str) -> FlowLabel {
+    FlowLabel {
+        flow: name.to_owned(),
+    }
+}
+
+fn step(flow: &str, step: &str, plugin: &str) -> StepLabel {
+    StepLabel {
+        flow: flow.to_owned(),
+        step: step.to_owned(),
+        plugin: plugin.to_owned(),
+    }
+}
+
+impl Observer for Metrics {
+    fn record(&self, event: Event<'_>) {
+        match event {
+            Event::FlowStarted { flow: f } => {
+                self.flows_in_flight.inc();
+                self.flows_started.get_or_create(&flow(f)).inc();
+            }
+            Event::FlowLeft => {
+                self.flows_in_flight.dec();
+            }
+            Event::FlowEnded {
+                flow: f,
+                status,
+                seconds,
+            } => {
+                let outcome = FlowOutcome {
+                    flow: f.to_owned(),
+                    outcome: status.to_string(),
+                };
+                self.flow_runs.get_or_create(&outcome).inc();
+                if matches!(status, FlowStatus::Completed | FlowStatus::Failed) {
+                    self.flow_duration.get_or_create(&flow(f)).observe(seconds);
+                }
+            }
+            Event::FlowCacheHit { flow: f } => {
+                self.flow_cache_hits.get_or_create(&flow(f)).inc();
+            }
+            Event::FlowCacheMiss { flow: f } => {
+                self.flow_cache_misses.get_or_create(&flow(f)).inc();
+            }
+            Event::StepAttempted {
+                flow: f,
+                step: s,
+                plugin: p,
+                outcome,
+                seconds,
+            } => {
+                let label = StepOutcome {
+                    flow: f.to_owned(),
+                    step: s.to_owned(),
+                    plugin: p.to_owned(),
+                    outcome: outcome.to_owned(),
+                };
+                self.step_runs.get_or_create(&label).inc();
+                self.step_duration
+                    .get_or_create(&step(f, s, p))
+                    .observe(seconds);
+            }
+            Event::StepRetried {
+                flow: f,
+                step: s,
+                plugin: p,
+            } => {
+                self.step_retries.get_or_create(&step(f, s, p)).inc();
+            }
+            Event::PluginTrapped { plugin: p, kind } => {
+                let label = TrapLabel {
+                    plugin: p.to_owned(),
+                    kind: kind.to_owned(),
+                };
+                self.plugin_traps.get_or_create(&label).inc();
+            }
+            Event::CacheHit { plugin: p } => {
+                self.cache_hits.get_or_create(&plugin(p)).inc();
+            }
+            Event::CacheMiss { plugin: p } => {
+                self.cache_misses.get_or_create(&plugin(p)).inc();
+            }
+            Event::CacheWaited { plugin: p } => {
+                self.cache_single_flight_waits
+                    .get_or_create(&plugin(p))
+                    .inc();
+            }
+            Event::CacheStored { plugin: p } => {
+                self.cache_stores.get_or_create(&plugin(p)).inc();
+            }
+            Event::CacheFailed => {
+                self.cache_errors.inc();
+            }
+            Event::CacheInvalidated { by, removed } => {
+                let label = ByLabel { by: by.to_owned() };
+                self.cache_invalidations
+                    .get_or_create(&label)
+                    .inc_by(removed);
+            }
+            Event::StateWriteFailed => {
+                self.state_write_errors.inc();
+            }
+            Event::WriteFenced => {
+                self.fenced_writes.inc();
+            }
+            Event::LeaseLost => {
+                self.leases_lost.inc();
+            }
+            Event::FlowReclaimed => {
+                self.flows_reclaimed.inc();
+            }
+            Event::Degraded(on) => {
+                self.degraded.set(i64::from(on));
+            }
+            Event::PluginCompiled { plugin: p, seconds } => {
+                self.plugin_compile
+                    .get_or_create(&plugin(p))
+                    .observe(seconds);
+            }
+            Event::PluginInstantiated { plugin: p, seconds } => {
+                self.plugin_instantiate
+                    .get_or_create(&plugin(p))
+                    .observe(seconds);
+            }
+            Event::StoreCall {
+                op,
+                seconds,
+                failed,
+            } => {
+                let label = OpLabel { op: op.to_owned() };
+                if failed {
+                    self.redis_errors.get_or_create(&label).inc();
+                } else {
+                    self.redis_duration.get_or_create(&label).observe(seconds);
+                }
+            }
+        }
     }
 }
 

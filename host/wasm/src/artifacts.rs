@@ -1,12 +1,8 @@
-//! The compiled-artifact cache: native code wasmtime compiled from a
-//! component, kept in a folder the host owns so that the next start skips
-//! compilation. An entry is named by the component's blake3 hash and the
-//! engine's compatibility hash (wasmtime version and every setting that
-//! affects code), so a changed component or engine never meets a stale entry.
-//!
-//! Precompiled code is only ever read from this folder, which the host
-//! creates for itself (mode 0700); never from the plugins folder, whose
-//! `.wasm` files are always compiled from source.
+//! The compiled-artifact cache: native code wasmtime compiled from a component,
+//! in a folder the host creates for itself (mode 0700), named by the
+//! component's blake3 hash and the engine's compatibility hash so that a changed
+//! component or engine never meets a stale entry. Precompiled code is read only
+//! from here, never from the plugins folder.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -54,11 +50,11 @@ impl ArtifactCache {
     /// Stores `component`; a failure is logged and costs only the next start
     /// a compilation.
     pub fn store(&self, component_hash: &str, component: &Component) {
-        let write = || -> anyhow::Result<()> {
+        let write = || -> std::io::Result<()> {
             create_private_dir(&self.dir)?;
             let bytes = component
                 .serialize()
-                .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
             let path = self.path(component_hash);
             // Written aside, then renamed: a reader never sees half a file.
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));

@@ -9,8 +9,8 @@ use std::time::Duration;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::manifest::Grants;
-use super::sandbox::Denials;
+use crate::denials::Denials;
+use crate::manifest::Grants;
 
 /// The hooks of one step's `wasi:http`: its plugin's grants and where to
 /// record a refused request.

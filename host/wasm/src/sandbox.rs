@@ -1,14 +1,10 @@
 //! The per-step sandbox: what a plugin's `Store` holds. A WASI context that
-//! grants only what the plugin's manifest lists (by default no files,
-//! environment, arguments, sockets or HTTP hosts), captured stdout and stderr,
-//! a memory limiter that remembers when it refused, the gated `wasi:http`
-//! context, and the `log` import, tagged with the flow and step it serves.
-//!
-//! A refused capability is recorded in [`Denials`], so that a step that fails
-//! after one is reported as `capability_denied` rather than as whatever the
-//! plugin made of the refusal.
+//! grants only what the manifest lists (by default no files, environment,
+//! arguments, sockets or HTTP hosts), captured stdio, a memory limiter that
+//! remembers a refusal, the gated `wasi:http` context and the `log` import.
+//! Every refused capability is recorded in the step's [`Denials`].
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
@@ -20,45 +16,16 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::{Host, LogLevel, TypesHost};
-use super::capture::Capture;
-use super::http::HttpGate;
-use super::manifest::Grants;
+use crate::bindings::{Host, LogLevel, TypesHost};
+use crate::capture::Capture;
+use crate::denials::Denials;
+use crate::http::HttpGate;
+use crate::manifest::Grants;
 
 /// A log line longer than this is cut: plugins cannot flood the host's log.
 const MAX_LOG_LINE: usize = 4096;
 /// Table elements an instance may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
-/// Denials kept per step; more are counted only by the first ones' presence.
-const MAX_DENIALS: usize = 16;
-
-/// A capability a plugin reached for and was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Denial {
-    /// `filesystem`, `environment`, `socket` or `http`.
-    pub capability: &'static str,
-    pub detail: String,
-}
-
-/// The denials of one step; clones share the list.
-#[derive(Clone, Debug, Default)]
-pub struct Denials(Arc<Mutex<Vec<Denial>>>);
-
-impl Denials {
-    pub fn record(&self, capability: &'static str, detail: String) {
-        let mut list = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if list.len() < MAX_DENIALS && !list.iter().any(|d| d.detail == detail) {
-            list.push(Denial { capability, detail });
-        }
-    }
-
-    pub fn list(&self) -> Vec<Denial> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
 
 /// Limits linear memory to the plugin's grant, and remembers a refusal so
 /// that the trap which follows is reported as out of memory.
@@ -109,10 +76,10 @@ pub struct StepCtx {
     table: ResourceTable,
     http: WasiHttpCtx,
     gate: HttpGate,
-    pub(super) memory: MemoryGuard,
-    pub(super) stdout: Capture,
-    pub(super) stderr: Capture,
-    pub(super) denials: Denials,
+    pub(crate) memory: MemoryGuard,
+    pub(crate) stdout: Capture,
+    pub(crate) stderr: Capture,
+    pub(crate) denials: Denials,
     grants: Arc<Grants>,
     plugin: String,
     flow_id: String,

@@ -6,8 +6,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::runner::RunError;
-use crate::state::StoreError;
+use flowhost_core::runner::RunError;
+use flowhost_core::state::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -46,7 +46,7 @@ pub enum ApiError {
     #[error("state store unavailable")]
     Unavailable(#[source] StoreError),
     #[error("cache unavailable")]
-    CacheUnavailable(#[source] crate::cache::CacheError),
+    CacheUnavailable(#[source] flowhost_core::cache::CacheError),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -1,0 +1,297 @@
+//! The routes of one run: execute (sync), execute-async, status, and the
+//! controls resume, retry and cancel. Handlers turn HTTP into runner calls
+//! and the state they return into views.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Json;
+use flowhost_core::flow::FlowDefinition;
+use flowhost_core::runner::{FlowContext, FlowRunner, RunError};
+use flowhost_core::state::{FlowId, FlowState};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::views::{FlowRunView, Submitted, flow_view};
+use super::{ApiError, AppState, ErrorBody};
+use crate::app::App;
+
+/// The body of `execute`: the flow's inputs, and optionally its id and
+/// metadata to record with it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ExecuteRequest {
+    /// The flow's inputs, by name.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    inputs: Map<String, Value>,
+    /// A UUID for the run; one is generated when absent.
+    #[serde(default)]
+    flow_id: Option<String>,
+    /// Recorded with the run.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    metadata: Map<String, Value>,
+}
+
+pub(super) fn flow_def(app: &App, name: &str) -> Result<Arc<FlowDefinition>, ApiError> {
+    app.flows
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::UnknownFlow {
+            name: name.to_owned(),
+            known: app.flows.flows().map(|f| f.name.clone()).collect(),
+        })
+}
+
+/// The stored run `raw_id` of flow `flow`, or 404.
+async fn stored_run(
+    app: &App,
+    flow: &str,
+    raw_id: &str,
+) -> Result<(Arc<FlowDefinition>, FlowState), ApiError> {
+    let def = flow_def(app, flow)?;
+    let id = raw_id
+        .parse()
+        .map_err(|_| ApiError::BadFlowId(raw_id.to_owned()))?;
+    let not_found = || ApiError::RunNotFound {
+        flow: flow.to_owned(),
+        id: raw_id.to_owned(),
+    };
+    let state = app.store.get_flow(id).await?.ok_or_else(not_found)?;
+    if state.flow_name != def.name {
+        return Err(not_found());
+    }
+    Ok((def, state))
+}
+
+/// Fills the flow and step names that the runner does not know into errors.
+fn in_flow(flow: &str, raw_id: &str, e: RunError) -> ApiError {
+    match ApiError::from(e) {
+        ApiError::RunNotFound { .. } => ApiError::RunNotFound {
+            flow: flow.to_owned(),
+            id: raw_id.to_owned(),
+        },
+        ApiError::UnknownStep { step, .. } => ApiError::UnknownStep {
+            flow: flow.to_owned(),
+            step,
+        },
+        other => other,
+    }
+}
+
+/// Run a flow and wait for its end.
+///
+/// The body is read as JSON whatever its Content-Type, so a plain `curl -d`
+/// works. A plugin failure gives a `failed` run, not an HTTP error.
+#[utoipa::path(
+    post,
+    path = "/api/v1/{flow}/execute",
+    params(
+        ("flow" = String, Path, description = "The flow's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key gives the same run"),
+    ),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 200, description = "The run ended: completed, failed, paused or cancelled", body = FlowRunView),
+        (status = 400, description = "Malformed body or flow id", body = ErrorBody),
+        (status = 404, description = "Unknown flow", body = ErrorBody),
+        (status = 409, description = "flow_id already used", body = ErrorBody),
+        (status = 422, description = "Inputs that do not match the flow's declaration", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the state store is unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn execute(
+    State(app): AppState,
+    Path(flow): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<FlowRunView>, ApiError> {
+    let def = flow_def(&app, &flow)?;
+    let (inputs, ctx) = execute_request(&body, &headers)?;
+    let state = app.runner.execute(def.clone(), inputs, ctx).await?;
+    Ok(Json(flow_view(&def, &state, false)))
+}
+
+/// The inputs and context of an execute request: its JSON body (read as JSON
+/// whatever its Content-Type, so a plain `curl -d` works) and its
+/// `Idempotency-Key` header.
+fn execute_request(
+    body: &Bytes,
+    headers: &HeaderMap,
+) -> Result<(Map<String, Value>, FlowContext), ApiError> {
+    let request: ExecuteRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ExecuteRequest {
+            inputs: Map::new(),
+            flow_id: None,
+            metadata: Map::new(),
+        }
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::BadBody(format!(
+                "{e}; send a JSON object such as {{\"inputs\": {{\"text\": \"...\"}}}}"
+            ))
+        })?
+    };
+    let mut ctx = FlowContext::new();
+    if let Some(raw) = &request.flow_id {
+        ctx.flow_id = raw.parse().map_err(|_| ApiError::BadFlowId(raw.clone()))?;
+    }
+    ctx.metadata = request.metadata;
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 256)
+            .ok_or_else(|| {
+                ApiError::BadBody(
+                    "Idempotency-Key must be 1 to 256 visible ASCII characters".into(),
+                )
+            })?;
+        ctx.idempotency_key = Some(key.to_owned());
+    }
+    Ok((request.inputs, ctx))
+}
+
+/// Start a run in the background; poll `status_url` for its progress.
+///
+/// Refused with 503 while a configured Redis is unreachable (the run would
+/// not be durable) and with 429 and `Retry-After` while the host has
+/// `submit.max_in_flight` runs in flight. The same `Idempotency-Key` within
+/// `submit.idempotency_ttl_seconds` answers with the same run.
+#[utoipa::path(
+    post,
+    path = "/api/v1/{flow}/execute-async",
+    params(
+        ("flow" = String, Path, description = "The flow's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key gives the same run"),
+    ),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 202, description = "Accepted: the run is recorded and starts in the background", body = Submitted),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, description = "Too many runs in flight; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Redis unreachable, or shutting down", body = ErrorBody),
+    )
+)]
+pub(super) async fn execute_async(
+    State(app): AppState,
+    Path(flow): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    let def = flow_def(&app, &flow)?;
+    let (inputs, ctx) = execute_request(&body, &headers)?;
+    let id = app.runner.submit(def.clone(), inputs, ctx).await?;
+    let status = match app.store.get_flow(id).await? {
+        Some(state) => state.status.to_string(),
+        None => "pending".to_owned(),
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Submitted {
+            flow_id: id.to_string(),
+            status,
+            status_url: format!("/api/v1/{}/status/{id}", def.name),
+        }),
+    ))
+}
+
+/// A run's state, with every step's inputs and outputs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/{flow}/status/{flow_id}",
+    params(("flow" = String, Path), ("flow_id" = String, Path, description = "The run's UUID")),
+    responses(
+        (status = 200, body = FlowRunView),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
+        (status = 404, description = "Unknown flow or run", body = ErrorBody),
+    )
+)]
+pub(super) async fn status(
+    State(app): AppState,
+    Path((flow, raw_id)): Path<(String, String)>,
+) -> Result<Json<FlowRunView>, ApiError> {
+    let (def, state) = stored_run(&app, &flow, &raw_id).await?;
+    Ok(Json(flow_view(&def, &state, true)))
+}
+
+/// Continue a failed, paused or interrupted run from the steps that did not
+/// complete, and wait for its end.
+#[utoipa::path(
+    post,
+    path = "/api/v1/{flow}/resume/{flow_id}",
+    params(("flow" = String, Path), ("flow_id" = String, Path)),
+    responses(
+        (status = 200, body = FlowRunView),
+        (status = 404, description = "Unknown flow or run", body = ErrorBody),
+        (status = 409, description = "Completed, cancelled, or running here now", body = ErrorBody),
+    )
+)]
+pub(super) async fn resume(
+    State(app): AppState,
+    Path((flow, raw_id)): Path<(String, String)>,
+) -> Result<Json<FlowRunView>, ApiError> {
+    control(&app, &flow, &raw_id, |r, id| async move { r.resume_flow(id).await }).await
+}
+
+/// Reset one failed step and continue the run from it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/{flow}/retry/{flow_id}/{step}",
+    params(("flow" = String, Path), ("flow_id" = String, Path), ("step" = String, Path)),
+    responses(
+        (status = 200, body = FlowRunView),
+        (status = 404, description = "Unknown flow, run or step", body = ErrorBody),
+        (status = 409, description = "The step has not failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn retry(
+    State(app): AppState,
+    Path((flow, raw_id, step)): Path<(String, String, String)>,
+) -> Result<Json<FlowRunView>, ApiError> {
+    control(&app, &flow, &raw_id, |r, id| async move { r.retry_step(id, &step).await }).await
+}
+
+/// Cancel a run: running steps are interrupted, no further step starts.
+/// Answers with the state the run was left in.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/{flow}/flows/{flow_id}",
+    params(("flow" = String, Path), ("flow_id" = String, Path)),
+    responses(
+        (status = 200, body = FlowRunView),
+        (status = 404, description = "Unknown flow or run", body = ErrorBody),
+        (status = 409, description = "The run completed already", body = ErrorBody),
+    )
+)]
+pub(super) async fn cancel(
+    State(app): AppState,
+    Path((flow, raw_id)): Path<(String, String)>,
+) -> Result<Json<FlowRunView>, ApiError> {
+    control(&app, &flow, &raw_id, |r, id| async move { r.cancel_flow(id).await }).await
+}
+
+/// A control of one stored run (resume, retry, cancel): finds the run in
+/// `flow`, applies `op` to it, and answers the state it was left in.
+async fn control<F>(
+    app: &App,
+    flow: &str,
+    raw_id: &str,
+    op: impl FnOnce(FlowRunner, FlowId) -> F,
+) -> Result<Json<FlowRunView>, ApiError>
+where
+    F: Future<Output = Result<FlowState, RunError>>,
+{
+    let (def, state) = stored_run(app, flow, raw_id).await?;
+    let state = op(app.runner.clone(), state.flow_id)
+        .await
+        .map_err(|e| in_flow(flow, raw_id, e))?;
+    Ok(Json(flow_view(&def, &state, false)))
+}
