@@ -1,164 +1,25 @@
-//! The `StateStore` contract, run over every implementation: the memory
-//! store, and the Redis store against a real redis-server with a random key
-//! prefix. Plus Redis-only checks: the key layout and that a step write costs
-//! the same whatever the flow's length.
+//! The store contracts (`flowhost_core::testing`), run over every
+//! implementation: the memory store, the Redis store against a real
+//! redis-server with a random key prefix and against a real three-node Redis
+//! Cluster, and the fallback store over each. Plus Redis-only checks: the key
+//! layout and that a step write costs the same whatever the flow's length.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use flowhost_core::memory::MemoryStore;
-use flowhost_core::state::{
-    FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, ListFilter, StateStore, StepStatus,
-    StoreError,
-};
+use flowhost_core::state::{FlowId, FlowPatch, FlowStatus, FlowStepState, StateStore, StepStatus};
+use flowhost_core::testing::{flow, result_cache, state_store as contract};
 use flowhost_redis::{FallbackStore, RedisStore, RedisStoreConfig};
-use flowhost_tests::RedisServer;
+use flowhost_tests::{RedisCluster, RedisServer};
 use serde_json::json;
 
-fn flow(name: &str, steps: usize, started_secs: i64) -> FlowState {
-    FlowState {
-        flow_id: FlowId::new(),
-        flow_name: name.into(),
-        status: FlowStatus::Running,
-        inputs: json!({"text": "hello"}),
-        steps: (0..steps)
-            .map(|i| (format!("s{i}"), FlowStepState::pending(format!("s{i}"))))
-            .collect::<BTreeMap<_, _>>(),
-        current_step: None,
-        started_at: Utc.timestamp_opt(1_700_000_000 + started_secs, 0).unwrap(),
-        completed_at: None,
-        total_execution_time: None,
-        metadata: json!({"who": "test"}).as_object().unwrap().clone(),
-        outputs: None,
-        error: None,
-    }
-}
-
-async fn contract(store: &dyn StateStore) {
-    // create, read back whole
-    let mut a = flow("alpha", 3, 0);
-    store.create_flow(&a).await.unwrap();
-    assert_eq!(store.get_flow(a.flow_id).await.unwrap(), Some(a.clone()));
-    assert!(matches!(
-        store.create_flow(&a).await,
-        Err(StoreError::AlreadyExists(id)) if id == a.flow_id
-    ));
-    assert_eq!(store.get_flow(FlowId::new()).await.unwrap(), None);
-
-    // one step and the patch are written together; other steps untouched
-    let mut s1 = FlowStepState::pending("s1");
-    s1.status = StepStatus::Completed;
-    s1.started_at = Some(Utc.timestamp_opt(1_700_000_001, 5_000_000).unwrap());
-    s1.completed_at = Some(Utc.timestamp_opt(1_700_000_002, 0).unwrap());
-    s1.inputs = Some(json!({"text": "x"}));
-    s1.outputs = Some(json!({"n": 1.5, "list": [1, "two", null]}));
-    s1.execution_time = Some(0.25);
-    s1.attempt = 2;
-    s1.cached = true;
-    s1.cache_key = Some("k".into());
-    let patch = FlowPatch {
-        current_step: Some("s1".into()),
-        ..FlowPatch::default()
-    };
-    store.save_step(a.flow_id, &s1, &patch).await.unwrap();
-    a.steps.insert("s1".into(), s1.clone());
-    a.current_step = Some("s1".into());
-    assert_eq!(store.get_flow(a.flow_id).await.unwrap(), Some(a.clone()));
-
-    // header patch
-    let done = FlowPatch {
-        status: Some(FlowStatus::Completed),
-        completed_at: Some(Utc.timestamp_opt(1_700_000_003, 0).unwrap()),
-        total_execution_time: Some(3.0),
-        outputs: Some(json!({"answer": 42})),
-        metadata: Some(
-            json!({"who": "test", "more": true})
-                .as_object()
-                .unwrap()
-                .clone(),
-        ),
-        ..FlowPatch::default()
-    };
-    store.update_flow(a.flow_id, &done).await.unwrap();
-    done.apply(&mut a);
-    assert_eq!(store.get_flow(a.flow_id).await.unwrap(), Some(a.clone()));
-
-    // listing: newest first, filters, limit
-    let b = flow("beta", 1, 10);
-    let c = flow("alpha", 1, 20);
-    store.create_flow(&b).await.unwrap();
-    store.create_flow(&c).await.unwrap();
-    let ids =
-        |v: Vec<flowhost_core::state::FlowSummary>| v.into_iter().map(|s| s.flow_id).collect::<Vec<_>>();
-    let all = ListFilter {
-        limit: 10,
-        ..ListFilter::default()
-    };
-    assert_eq!(
-        ids(store.list_flows(&all).await.unwrap()),
-        vec![c.flow_id, b.flow_id, a.flow_id]
-    );
-    let alpha = ListFilter {
-        flow_name: Some("alpha".into()),
-        limit: 10,
-        ..ListFilter::default()
-    };
-    assert_eq!(
-        ids(store.list_flows(&alpha).await.unwrap()),
-        vec![c.flow_id, a.flow_id]
-    );
-    let running = ListFilter {
-        status: Some(FlowStatus::Running),
-        limit: 10,
-        ..ListFilter::default()
-    };
-    let mut got = ids(store.list_flows(&running).await.unwrap());
-    got.sort();
-    let mut want = vec![b.flow_id, c.flow_id];
-    want.sort();
-    assert_eq!(got, want);
-    let completed = ListFilter {
-        status: Some(FlowStatus::Completed),
-        limit: 10,
-        ..ListFilter::default()
-    };
-    let summaries = store.list_flows(&completed).await.unwrap();
-    assert_eq!(summaries.len(), 1);
-    assert_eq!(summaries[0].flow_id, a.flow_id);
-    assert_eq!(summaries[0].total_execution_time, Some(3.0));
-    let one = ListFilter {
-        limit: 1,
-        ..ListFilter::default()
-    };
-    assert_eq!(ids(store.list_flows(&one).await.unwrap()), vec![c.flow_id]);
-
-    // delete
-    assert!(store.delete_flow(b.flow_id).await.unwrap());
-    assert!(!store.delete_flow(b.flow_id).await.unwrap());
-    assert_eq!(store.get_flow(b.flow_id).await.unwrap(), None);
-    assert_eq!(
-        ids(store.list_flows(&all).await.unwrap()),
-        vec![c.flow_id, a.flow_id]
-    );
-
-    // Prune removes finished flows only: a completed, c still running.
-    let later = Utc::now() + chrono::Duration::minutes(1);
-    assert_eq!(
-        store
-            .prune(Utc.timestamp_opt(1_600_000_000, 0).unwrap())
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(store.prune(later).await.unwrap(), 1);
-    assert_eq!(store.get_flow(a.flow_id).await.unwrap(), None);
-    assert!(store.get_flow(c.flow_id).await.unwrap().is_some());
-}
-
 fn redis_config(server: &RedisServer, prefix: &str) -> RedisStoreConfig {
+    redis_config_for(&server.url(), prefix)
+}
+
+fn redis_config_for(url: &str, prefix: &str) -> RedisStoreConfig {
     RedisStoreConfig {
-        url: server.url(),
+        url: url.to_owned(),
         cluster: false,
         key_prefix: prefix.into(),
         response_timeout: Duration::from_secs(2),
@@ -175,7 +36,9 @@ fn random_prefix() -> String {
 
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
-    contract(&MemoryStore::new()).await;
+    let store = MemoryStore::new();
+    contract(&store).await;
+    result_cache(&store).await;
 }
 
 #[tokio::test]
@@ -190,6 +53,27 @@ async fn redis_store_keeps_the_contract() {
         .await
         .unwrap();
     contract(&store).await;
+    result_cache(&store).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_store_keeps_the_contract() {
+    let cluster = RedisCluster::start(3).unwrap();
+    let config = RedisStoreConfig {
+        url: cluster.url(),
+        cluster: true,
+        ..redis_config_for(&cluster.url(), &random_prefix())
+    };
+    let store = RedisStore::connect(&config).await.unwrap();
+    contract(&store).await;
+    result_cache(&store).await;
+    let fallback = FallbackStore::redis(RedisStoreConfig {
+        key_prefix: random_prefix(),
+        ..config
+    })
+    .await;
+    assert_eq!(fallback.backend(), "redis");
+    contract(fallback.as_ref()).await;
 }
 
 #[tokio::test]

@@ -14,3 +14,5 @@ pub mod observe;
 pub mod queue;
 pub mod runner;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use flowhost_core::cache::CacheError;
-use flowhost_core::state::{
-    FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, StoreError,
-};
+use flowhost_core::state::{FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, StoreError};
 use redis::RedisError;
 use serde_json::{Map, Value};
 

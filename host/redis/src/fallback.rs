@@ -1,6 +1,7 @@
-//! The store `main` chooses: Redis when it is configured and reachable, memory
-//! otherwise. A monitor task pings Redis and reconnects without a restart;
-//! while Redis is away, new flows run on memory (loudly) and stay there.
+//! `FallbackStore`, the store the binary chooses: Redis when it is configured
+//! and reachable, memory otherwise, with `RedisHealth` for `/healthz`. A
+//! monitor task pings Redis and reconnects without a restart; while Redis is
+//! away, new flows run on memory (loudly) and stay there.
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -10,16 +11,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
-
-use crate::metrics::{Metrics, OpLabel};
-
-use super::redis::Delivery;
-use super::{
-    Claim, FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, MemoryStore,
-    RedisStore, RedisStoreConfig, Renewal, StateStore, StoreError,
+use flowhost_core::cache::{CacheError, CachedResult, Invalidate, ResultCache};
+use flowhost_core::memory::MemoryStore;
+use flowhost_core::observe::{Event, NoObserver, Observer};
+use flowhost_core::queue::{Delivery, WorkQueue};
+use flowhost_core::state::{
+    Claim, FlowId, FlowPatch, FlowState, FlowStepState, FlowSummary, ListFilter, Renewal,
+    StateStore, StoreError,
 };
-use crate::queue::WorkQueue;
+
+use crate::store::{RedisStore, RedisStoreConfig};
 
 /// What `/healthz` reports about Redis.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -39,7 +40,7 @@ pub struct FallbackStore {
     /// The live connection, when there is one; `None` while Redis is away.
     redis: RwLock<Option<RedisStore>>,
     health: RwLock<RedisHealth>,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn Observer>,
 }
 
 impl FallbackStore {
@@ -50,24 +51,28 @@ impl FallbackStore {
             config: None,
             redis: RwLock::new(None),
             health: RwLock::new(RedisHealth::NotConfigured),
-            metrics: Arc::new(Metrics::new()),
+            observer: Arc::new(NoObserver),
         })
     }
 
     /// Redis, tried once now; when it cannot be reached the store starts on
     /// memory and `monitor` keeps trying.
     pub async fn redis(config: RedisStoreConfig) -> Arc<Self> {
-        Self::redis_with_metrics(config, Arc::new(Metrics::new())).await
+        Self::redis_with_observer(config, Arc::new(NoObserver)).await
     }
 
-    /// As `redis`, timing every Redis operation into `metrics`.
-    pub async fn redis_with_metrics(config: RedisStoreConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// As `redis`, reporting every Redis operation to `observer` (one
+    /// `Event::StoreCall` each).
+    pub async fn redis_with_observer(
+        config: RedisStoreConfig,
+        observer: Arc<dyn Observer>,
+    ) -> Arc<Self> {
         let store = Arc::new(FallbackStore {
             memory: MemoryStore::new(),
             config: Some(config),
             redis: RwLock::new(None),
             health: RwLock::new(RedisHealth::NotConfigured),
-            metrics,
+            observer,
         });
         store.check().await;
         store
@@ -167,25 +172,20 @@ impl FallbackStore {
 }
 
 impl FallbackStore {
-    /// Runs one Redis operation, recording its latency, or its failure.
+    /// Runs one Redis operation and reports it: its latency, and whether
+    /// it failed.
     async fn timed<T, E>(
         &self,
-        op: &str,
+        op: &'static str,
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
         let clock = std::time::Instant::now();
         let result = work.await;
-        let label = OpLabel { op: op.to_owned() };
-        match &result {
-            Ok(_) => self
-                .metrics
-                .redis_duration
-                .get_or_create(&label)
-                .observe(clock.elapsed().as_secs_f64()),
-            Err(_) => {
-                self.metrics.redis_errors.get_or_create(&label).inc();
-            }
-        }
+        self.observer.record(Event::StoreCall {
+            op,
+            seconds: clock.elapsed().as_secs_f64(),
+            failed: result.is_err(),
+        });
         result
     }
 }

@@ -1,1 +1,44 @@
-//! placeholder
+//! flowhost's Redis adapter: flow state (`RedisStore`, a `StateStore`), the
+//! leases that let hosts share it, the shared work queue (`WorkQueue`), the
+//! result cache (`ResultCache`), and `FallbackStore`, which runs on memory
+//! while Redis is away. Key names live in `keys` alone, Lua in `scripts`.
+//!
+//! Layout, with `P` the configured prefix (default `fh:`); every key of one flow
+//! carries the flow id as its hash tag so a Redis Cluster keeps them together:
+//! - `P flow:{ID}`        hash, the flow header, one field per header field
+//! - `P flow:{ID}:steps`  hash, step name → that step's state as JSON
+//! - `P flows:started`    sorted set of flow ids by start time (ms)
+//! - `P flows:name:NAME`  sorted set of one definition's runs by start time (ms)
+//! - `P flows:status:S`   sorted set of the flows in status S, by the time
+//!   they entered it (ms)
+//! - `P flow:{ID}:lease`  string, `OWNER TOKEN` of the host running the flow,
+//!   with a TTL the owner renews; the header's `fence` field holds the
+//!   latest token, and every write of the owner checks it (in Lua)
+//! - `P queue`            stream of submitted runs (`flow` = id), read by the
+//!   consumer group `flowhost`, one consumer per host
+//! - `P idem:{KEY}`       string, the flow id an idempotency key names (TTL)
+//! - `P cache:{KEY}`      string, one cached result as JSON, with a TTL (PX)
+//! - `P cache:plugin:NAME`, `P cache:flow:NAME`  sets of the cache keys each
+//!   plugin computed and each flow stored, for invalidation; they expire with
+//!   their longest-lived entry
+//!
+//! One multiplexed connection (a `ConnectionManager`, or a cluster connection)
+//! is shared by all requests; each write is one script call, so recording a
+//! step costs one round trip. On one server the index lines change in the
+//! same script; on a Cluster, where they live in other slots, in a pipeline
+//! right after it.
+
+mod cache;
+mod codec;
+mod conn;
+mod fallback;
+mod index;
+mod keys;
+mod leases;
+mod queue;
+mod scripts;
+mod store;
+mod write;
+
+pub use fallback::{FallbackStore, RedisHealth};
+pub use store::{RedisStore, RedisStoreConfig};

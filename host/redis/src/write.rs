@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 use flowhost_core::state::{FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, StoreError};
-use redis::Pipeline;
+use redis::{Pipeline, Script, ScriptInvocation};
 
 use crate::codec::{encode_step, header_fields, patch_fields, unavailable};
 use crate::scripts::{CREATE_FLOW, WRITE_FLOW};
@@ -21,20 +21,13 @@ impl RedisStore {
         // a host to claim it.
         let leased = flow.status == FlowStatus::Running;
         let inline_index = !self.conn.is_cluster();
-        let mut invocation = CREATE_FLOW.prepare_invoke();
-        invocation
-            .key(self.keys.flow(id))
-            .key(self.keys.steps(id))
-            .key(self.keys.lease(id));
+        let mut invocation = self.flow_invocation(&CREATE_FLOW, id);
         if inline_index {
             invocation
                 .key(self.keys.queue())
                 .key(self.keys.started())
-                .key(self.keys.by_name(&flow.flow_name))
-                .key(self.keys.by_status(flow.status));
-            for other in self.keys.other_statuses(flow.status) {
-                invocation.key(other);
-            }
+                .key(self.keys.by_name(&flow.flow_name));
+            self.status_keys(&mut invocation, flow.status);
         }
         invocation
             .arg(id.to_string())
@@ -84,6 +77,26 @@ impl RedisStore {
         Ok(())
     }
 
+    /// An invocation of a flow script with the KEYS every one starts with:
+    /// header, steps, lease.
+    fn flow_invocation(&self, script: &'static Script, id: FlowId) -> ScriptInvocation<'static> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.keys.flow(id))
+            .key(self.keys.steps(id))
+            .key(self.keys.lease(id));
+        invocation
+    }
+
+    /// The status KEYS of a flow script: the index of `status`, then the
+    /// other statuses' indexes.
+    fn status_keys(&self, invocation: &mut ScriptInvocation<'_>, status: FlowStatus) {
+        invocation.key(self.keys.by_status(status));
+        for other in self.keys.other_statuses(status) {
+            invocation.key(other);
+        }
+    }
+
     /// The index lines of a flow in `status` since `at_ms`, for a pipeline.
     fn push_status_index(&self, pipe: &mut Pipeline, id: FlowId, status: FlowStatus, at_ms: i64) {
         let member = id.to_string();
@@ -114,16 +127,9 @@ impl RedisStore {
             (None, _) => String::new(),
         };
         let inline_index = patch.status.filter(|_| !self.conn.is_cluster());
-        let mut invocation = WRITE_FLOW.prepare_invoke();
-        invocation
-            .key(self.keys.flow(id))
-            .key(self.keys.steps(id))
-            .key(self.keys.lease(id));
+        let mut invocation = self.flow_invocation(&WRITE_FLOW, id);
         if let Some(status) = inline_index {
-            invocation.key(self.keys.by_status(status));
-            for other in self.keys.other_statuses(status) {
-                invocation.key(other);
-            }
+            self.status_keys(&mut invocation, status);
         }
         let fields = patch_fields(patch);
         invocation

@@ -550,6 +550,14 @@ impl FlowCatalog {
         }
     }
 
+    /// Adds a definition parsed elsewhere (tests, flows built in code),
+    /// replacing any of the same name; returns it as the catalog holds it.
+    pub fn insert(&mut self, def: FlowDefinition) -> Arc<FlowDefinition> {
+        let def = Arc::new(def);
+        self.flows.insert(def.name.clone(), def.clone());
+        def
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<FlowDefinition>> {
         self.flows.get(name)
     }

@@ -1,0 +1,218 @@
+//! Contract suites: what every adapter of a port must do, as functions a
+//! test calls with its adapter (the memory store here, the Redis stores on a
+//! real redis-server and a real Redis Cluster in `tests/e2e/state_store.rs`).
+//! A new backend proves itself by passing them. Built with the `testing`
+//! feature only; they panic on the first broken promise.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+
+use crate::cache::{CachedResult, Invalidate, ResultCache};
+use crate::state::{
+    FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, FlowSummary, ListFilter, StateStore,
+    StepStatus, StoreError,
+};
+
+/// A running flow of `steps` pending steps, started `started_secs` after a
+/// fixed time.
+pub fn flow(name: &str, steps: usize, started_secs: i64) -> FlowState {
+    FlowState {
+        flow_id: FlowId::new(),
+        flow_name: name.into(),
+        status: FlowStatus::Running,
+        inputs: json!({"text": "hello"}),
+        steps: (0..steps)
+            .map(|i| (format!("s{i}"), FlowStepState::pending(format!("s{i}"))))
+            .collect::<BTreeMap<_, _>>(),
+        current_step: None,
+        started_at: Utc.timestamp_opt(1_700_000_000 + started_secs, 0).unwrap(),
+        completed_at: None,
+        total_execution_time: None,
+        metadata: json!({"who": "test"}).as_object().unwrap().clone(),
+        outputs: None,
+        error: None,
+    }
+}
+
+/// The `StateStore` contract: create and read back, step and header writes,
+/// listing with every filter, delete and prune, idempotency keys, and the
+/// lease calls a store serving one host answers.
+pub async fn state_store(store: &dyn StateStore) {
+    // create, read back whole
+    let mut a = flow("alpha", 3, 0);
+    store.create_flow(&a).await.unwrap();
+    assert_eq!(store.get_flow(a.flow_id).await.unwrap(), Some(a.clone()));
+    assert!(matches!(
+        store.create_flow(&a).await,
+        Err(StoreError::AlreadyExists(id)) if id == a.flow_id
+    ));
+    assert_eq!(store.get_flow(FlowId::new()).await.unwrap(), None);
+
+    // one step and the patch are written together; other steps untouched
+    let mut s1 = FlowStepState::pending("s1");
+    s1.status = StepStatus::Completed;
+    s1.started_at = Some(Utc.timestamp_opt(1_700_000_001, 5_000_000).unwrap());
+    s1.completed_at = Some(Utc.timestamp_opt(1_700_000_002, 0).unwrap());
+    s1.inputs = Some(json!({"text": "x"}));
+    s1.outputs = Some(json!({"n": 1.5, "list": [1, "two", null]}));
+    s1.execution_time = Some(0.25);
+    s1.attempt = 2;
+    s1.cached = true;
+    s1.cache_key = Some("k".into());
+    let patch = FlowPatch {
+        current_step: Some("s1".into()),
+        ..FlowPatch::default()
+    };
+    store.save_step(a.flow_id, &s1, &patch).await.unwrap();
+    a.steps.insert("s1".into(), s1.clone());
+    a.current_step = Some("s1".into());
+    assert_eq!(store.get_flow(a.flow_id).await.unwrap(), Some(a.clone()));
+
+    // header patch
+    let done = FlowPatch {
+        status: Some(FlowStatus::Completed),
+        completed_at: Some(Utc.timestamp_opt(1_700_000_003, 0).unwrap()),
+        total_execution_time: Some(3.0),
+        outputs: Some(json!({"answer": 42})),
+        metadata: Some(
+            json!({"who": "test", "more": true})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ),
+        ..FlowPatch::default()
+    };
+    store.update_flow(a.flow_id, &done).await.unwrap();
+    done.apply(&mut a);
+    assert_eq!(store.get_flow(a.flow_id).await.unwrap(), Some(a.clone()));
+
+    // listing: newest first, filters, limit
+    let b = flow("beta", 1, 10);
+    let c = flow("alpha", 1, 20);
+    store.create_flow(&b).await.unwrap();
+    store.create_flow(&c).await.unwrap();
+    let ids =
+        |v: Vec<FlowSummary>| v.into_iter().map(|s| s.flow_id).collect::<Vec<_>>();
+    let all = ListFilter {
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_flows(&all).await.unwrap()),
+        vec![c.flow_id, b.flow_id, a.flow_id]
+    );
+    let alpha = ListFilter {
+        flow_name: Some("alpha".into()),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_flows(&alpha).await.unwrap()),
+        vec![c.flow_id, a.flow_id]
+    );
+    let running = ListFilter {
+        status: Some(FlowStatus::Running),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    let mut got = ids(store.list_flows(&running).await.unwrap());
+    got.sort();
+    let mut want = vec![b.flow_id, c.flow_id];
+    want.sort();
+    assert_eq!(got, want);
+    let completed = ListFilter {
+        status: Some(FlowStatus::Completed),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    let summaries = store.list_flows(&completed).await.unwrap();
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(summaries[0].flow_id, a.flow_id);
+    assert_eq!(summaries[0].total_execution_time, Some(3.0));
+    let one = ListFilter {
+        limit: 1,
+        ..ListFilter::default()
+    };
+    assert_eq!(ids(store.list_flows(&one).await.unwrap()), vec![c.flow_id]);
+
+    // delete
+    assert!(store.delete_flow(b.flow_id).await.unwrap());
+    assert!(!store.delete_flow(b.flow_id).await.unwrap());
+    assert_eq!(store.get_flow(b.flow_id).await.unwrap(), None);
+    assert_eq!(
+        ids(store.list_flows(&all).await.unwrap()),
+        vec![c.flow_id, a.flow_id]
+    );
+
+    // Prune removes finished flows only: a completed, c still running.
+    let later = Utc::now() + chrono::Duration::minutes(1);
+    assert_eq!(
+        store
+            .prune(Utc.timestamp_opt(1_600_000_000, 0).unwrap())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.prune(later).await.unwrap(), 1);
+    assert_eq!(store.get_flow(a.flow_id).await.unwrap(), None);
+    assert!(store.get_flow(c.flow_id).await.unwrap().is_some());
+
+    idempotency_keys(store, c.flow_id).await;
+}
+
+async fn idempotency_keys(store: &dyn StateStore, first: FlowId) {
+    let ttl = Duration::from_secs(60);
+    let key = format!("contract-{first}");
+    assert_eq!(store.remember_key(&key, first, ttl).await.unwrap(), None);
+    let again = store.remember_key(&key, FlowId::new(), ttl).await.unwrap();
+    assert_eq!(again, Some(first), "a key keeps naming its first flow");
+    let other = format!("contract-other-{first}");
+    assert_eq!(store.remember_key(&other, FlowId::new(), ttl).await.unwrap(), None);
+}
+
+/// The `ResultCache` contract: a stored entry reads back whole; entries are
+/// removed by key, by plugin and by flow, and each removal says how many.
+pub async fn result_cache(cache: &dyn ResultCache) {
+    let ttl = Duration::from_secs(600);
+    let run = FlowId::new().to_string();
+    let entry = |key: &str, plugin: &str, flow: &str| CachedResult {
+        key: format!("{key}-{run}"),
+        plugin: format!("{plugin}-{run}"),
+        flow: format!("{flow}-{run}"),
+        step: "s".into(),
+        output: json!({"n": 1.5, "list": [1, "two", null]}),
+        stored_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+    };
+    let a = entry("a", "p", "f");
+    cache.put(&a, ttl).await.unwrap();
+    assert_eq!(cache.get(&a.key).await.unwrap(), Some(a.clone()));
+    assert_eq!(cache.get(&format!("missing-{run}")).await.unwrap(), None);
+    assert_eq!(cache.invalidate(&Invalidate::Key(a.key.clone())).await.unwrap(), 1);
+    assert_eq!(cache.get(&a.key).await.unwrap(), None);
+
+    let (b, c, d) = (entry("b", "p", "f"), entry("c", "p", "g"), entry("d", "q", "g"));
+    for e in [&b, &c, &d] {
+        cache.put(e, ttl).await.unwrap();
+    }
+    assert_eq!(cache.invalidate(&Invalidate::Plugin(b.plugin.clone())).await.unwrap(), 2);
+    assert_eq!(cache.get(&b.key).await.unwrap(), None);
+    assert_eq!(cache.get(&c.key).await.unwrap(), None);
+    assert_eq!(cache.get(&d.key).await.unwrap(), Some(d.clone()));
+    assert_eq!(cache.invalidate(&Invalidate::Flow(d.flow.clone())).await.unwrap(), 1);
+    assert_eq!(cache.get(&d.key).await.unwrap(), None);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_contracts() {
+        let store = MemoryStore::new();
+        super::state_store(&store).await;
+        super::result_cache(&store).await;
+    }
+}

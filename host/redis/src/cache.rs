@@ -1,0 +1,93 @@
+//! The result cache in Redis: `impl ResultCache for RedisStore`. Entries are
+//! strings with a TTL; the sets of the keys each plugin computed and each
+//! flow stored serve invalidation by plugin or by flow.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flowhost_core::cache::{CacheError, CachedResult, Invalidate, ResultCache};
+
+use crate::codec::cache_unavailable;
+use crate::store::RedisStore;
+
+impl RedisStore {
+    /// Deletes the entries named in an index set, then the set; returns how
+    /// many entries existed.
+    async fn invalidate_set(&self, set: &str) -> Result<u64, CacheError> {
+        let keys: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(set)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cache_unavailable)?;
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            // One DEL per entry: on a cluster the entries live on many slots.
+            pipe.del(self.keys.result(key));
+        }
+        let removed: Vec<u64> = self.conn.query(&pipe).await.map_err(cache_unavailable)?;
+        let _: u64 = redis::cmd("DEL")
+            .arg(set)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cache_unavailable)?;
+        Ok(removed.iter().sum())
+    }
+}
+
+#[async_trait]
+impl ResultCache for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<CachedResult>, CacheError> {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(self.keys.result(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cache_unavailable)?;
+        raw.map(|r| {
+            serde_json::from_str(&r).map_err(|e| CacheError::Corrupt {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn put(&self, entry: &CachedResult, ttl: Duration) -> Result<(), CacheError> {
+        let json = serde_json::to_string(entry).map_err(|e| CacheError::Corrupt {
+            key: entry.key.clone(),
+            reason: e.to_string(),
+        })?;
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.result(&entry.key))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore();
+        let mut sets = vec![self.keys.results_of_flow(&entry.flow)];
+        if !entry.plugin.is_empty() {
+            sets.push(self.keys.results_of_plugin(&entry.plugin));
+        }
+        for set in sets {
+            pipe.sadd(&set, &entry.key).ignore();
+            // NX gives a new set its TTL; GT lengthens it for a longer-lived entry.
+            pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("NX").ignore();
+            pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("GT").ignore();
+        }
+        // Not a transaction: on one server one round trip, on a Cluster (the
+        // sets live in other slots) command by command.
+        self.conn.exec(&pipe).await.map_err(cache_unavailable)
+    }
+
+    async fn invalidate(&self, what: &Invalidate) -> Result<u64, CacheError> {
+        match what {
+            Invalidate::Key(key) => redis::cmd("DEL")
+                .arg(self.keys.result(key))
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(cache_unavailable),
+            Invalidate::Plugin(p) => self.invalidate_set(&self.keys.results_of_plugin(p)).await,
+            Invalidate::Flow(f) => self.invalidate_set(&self.keys.results_of_flow(f)).await,
+        }
+    }
+}
