@@ -12,7 +12,9 @@ use crate::state::FlowStatus;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event<'a> {
     /// A run of the scheduler began (a new run, a resume, a retry).
-    FlowStarted { flow: &'a str },
+    FlowStarted {
+        flow: &'a str,
+    },
     /// A run of the scheduler ended, whatever its outcome.
     FlowLeft,
     /// A run was recorded finished (or paused) after `seconds`.
@@ -21,8 +23,12 @@ pub enum Event<'a> {
         status: FlowStatus,
         seconds: f64,
     },
-    FlowCacheHit { flow: &'a str },
-    FlowCacheMiss { flow: &'a str },
+    FlowCacheHit {
+        flow: &'a str,
+    },
+    FlowCacheMiss {
+        flow: &'a str,
+    },
     /// One attempt of a step ended: `completed`, `failed` or `interrupted`.
     StepAttempted {
         flow: &'a str,
@@ -37,15 +43,29 @@ pub enum Event<'a> {
         plugin: &'a str,
     },
     /// A fault the host detected in a plugin (not a verdict it returned).
-    PluginTrapped { plugin: &'a str, kind: &'a str },
-    CacheHit { plugin: &'a str },
-    CacheMiss { plugin: &'a str },
+    PluginTrapped {
+        plugin: &'a str,
+        kind: &'a str,
+    },
+    CacheHit {
+        plugin: &'a str,
+    },
+    CacheMiss {
+        plugin: &'a str,
+    },
     /// A step waited for an identical one computing the same key.
-    CacheWaited { plugin: &'a str },
-    CacheStored { plugin: &'a str },
+    CacheWaited {
+        plugin: &'a str,
+    },
+    CacheStored {
+        plugin: &'a str,
+    },
     /// The cache could not be read or written; the step ran regardless.
     CacheFailed,
-    CacheInvalidated { by: &'static str, removed: u64 },
+    CacheInvalidated {
+        by: &'static str,
+        removed: u64,
+    },
     /// A state write failed; the flow went on.
     StateWriteFailed,
     /// A state write was refused: another host holds the flow's lease.
@@ -55,8 +75,14 @@ pub enum Event<'a> {
     FlowReclaimed,
     /// Whether the state store runs on its fallback.
     Degraded(bool),
-    PluginCompiled { plugin: &'a str, seconds: f64 },
-    PluginInstantiated { plugin: &'a str, seconds: f64 },
+    PluginCompiled {
+        plugin: &'a str,
+        seconds: f64,
+    },
+    PluginInstantiated {
+        plugin: &'a str,
+        seconds: f64,
+    },
     /// One call to a store's backend (`op` is a fixed name).
     StoreCall {
         op: &'static str,

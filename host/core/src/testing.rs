@@ -94,8 +94,7 @@ pub async fn state_store(store: &dyn StateStore) {
     let c = flow("alpha", 1, 20);
     store.create_flow(&b).await.unwrap();
     store.create_flow(&c).await.unwrap();
-    let ids =
-        |v: Vec<FlowSummary>| v.into_iter().map(|s| s.flow_id).collect::<Vec<_>>();
+    let ids = |v: Vec<FlowSummary>| v.into_iter().map(|s| s.flow_id).collect::<Vec<_>>();
     let all = ListFilter {
         limit: 10,
         ..ListFilter::default()
@@ -170,7 +169,13 @@ async fn idempotency_keys(store: &dyn StateStore, first: FlowId) {
     let again = store.remember_key(&key, FlowId::new(), ttl).await.unwrap();
     assert_eq!(again, Some(first), "a key keeps naming its first flow");
     let other = format!("contract-other-{first}");
-    assert_eq!(store.remember_key(&other, FlowId::new(), ttl).await.unwrap(), None);
+    assert_eq!(
+        store
+            .remember_key(&other, FlowId::new(), ttl)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// The `ResultCache` contract: a stored entry reads back whole; entries are
@@ -190,18 +195,40 @@ pub async fn result_cache(cache: &dyn ResultCache) {
     cache.put(&a, ttl).await.unwrap();
     assert_eq!(cache.get(&a.key).await.unwrap(), Some(a.clone()));
     assert_eq!(cache.get(&format!("missing-{run}")).await.unwrap(), None);
-    assert_eq!(cache.invalidate(&Invalidate::Key(a.key.clone())).await.unwrap(), 1);
+    assert_eq!(
+        cache
+            .invalidate(&Invalidate::Key(a.key.clone()))
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(cache.get(&a.key).await.unwrap(), None);
 
-    let (b, c, d) = (entry("b", "p", "f"), entry("c", "p", "g"), entry("d", "q", "g"));
+    let (b, c, d) = (
+        entry("b", "p", "f"),
+        entry("c", "p", "g"),
+        entry("d", "q", "g"),
+    );
     for e in [&b, &c, &d] {
         cache.put(e, ttl).await.unwrap();
     }
-    assert_eq!(cache.invalidate(&Invalidate::Plugin(b.plugin.clone())).await.unwrap(), 2);
+    assert_eq!(
+        cache
+            .invalidate(&Invalidate::Plugin(b.plugin.clone()))
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(cache.get(&b.key).await.unwrap(), None);
     assert_eq!(cache.get(&c.key).await.unwrap(), None);
     assert_eq!(cache.get(&d.key).await.unwrap(), Some(d.clone()));
-    assert_eq!(cache.invalidate(&Invalidate::Flow(d.flow.clone())).await.unwrap(), 1);
+    assert_eq!(
+        cache
+            .invalidate(&Invalidate::Flow(d.flow.clone()))
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(cache.get(&d.key).await.unwrap(), None);
 }
 

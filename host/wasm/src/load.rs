@@ -11,12 +11,12 @@ use flowhost_core::observe::Event;
 use serde::Serialize;
 use wasmtime::component::Component;
 
+use crate::PluginHost;
 use crate::artifacts::ArtifactCache;
 use crate::bindings::{ExecutorPre, PluginInfo};
 use crate::manifest::{self, Grants, ManifestError};
 use crate::meta::{Plugin, PluginMeta};
 use crate::sandbox::StepCtx;
-use crate::PluginHost;
 
 /// How long `describe` may take while loading.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -158,7 +158,9 @@ fn output(returned: Result<String, StepError>, grants: &Grants) -> Result<Value,
         Ok(text) => serde_json::from_str(&text).map_err(|e| {
             PluginError::InvalidOutput(format!("{e} (output began {:?})", sanitize(&text, 64)))
         }),
-        Err(StepError::InvalidInput(m)) => Err(PluginError::InvalidInput(sanitize(&m, MAX_MESSAGE))),
+        Err(StepError::InvalidInput(m)) => {
+            Err(PluginError::InvalidInput(sanitize(&m, MAX_MESSAGE)))
+        }
         Err(StepError::Failed(m)) => Err(PluginError::Failed(sanitize(&m, MAX_MESSAGE))),
         Err(StepError::Retryable(m)) => Err(PluginError::Retryable(sanitize(&m, MAX_MESSAGE))),
     }

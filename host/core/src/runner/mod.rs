@@ -17,8 +17,8 @@
 //! shutdown), `worker` (the shared queue's loops), `retry` (the backoff).
 
 mod active;
-mod cancel;
 mod caching;
+mod cancel;
 mod restart;
 mod retry;
 mod schedule;

@@ -262,9 +262,7 @@ fn first_attempts(def: &FlowDefinition, state: &mut FlowState, how: Restart<'_>)
         // attempt again, with the same idempotency key; a failed or
         // cancelled one starts the next attempt.
         let next = match st.status {
-            StepStatus::Running | StepStatus::Pending | StepStatus::Completed => {
-                st.attempt.max(1)
-            }
+            StepStatus::Running | StepStatus::Pending | StepStatus::Completed => st.attempt.max(1),
             StepStatus::Failed | StepStatus::Cancelled => st.attempt + 1,
         };
         st.status = StepStatus::Pending;

@@ -306,7 +306,11 @@ impl FlowRunner {
                     / 1e6,
             );
         }
-        self.write_end(&mut state, &mut progress).await?;
+        if !active.is_lost() {
+            // A host that lost the lease writes nothing more: the flow is
+            // another host's now.
+            self.write_end(&mut state, &mut progress).await?;
+        }
         self.count_finished(&state, elapsed);
         tracing::info!(
             flow = %def.name,

@@ -51,6 +51,17 @@ impl FlowRunner {
         mut st: FlowStepState,
         active: &Active,
     ) -> FlowStepState {
+        if active.stop.is_cancelled() {
+            // Stopped (a cancel, a shutdown, a lost lease) between being
+            // recorded running and starting: the plugin is not called, and
+            // the attempt stays due unless the flow was cancelled.
+            st.status = if active.is_cancelled() {
+                StepStatus::Cancelled
+            } else {
+                StepStatus::Pending
+            };
+            return st;
+        }
         let step = &def.steps[index];
         let policy = self.inner.config.retry.with_overrides(&step.retry);
         let input = st.inputs.clone().unwrap_or(Value::Null);

@@ -289,4 +289,3 @@ impl ListFilter {
             && self.started_before.is_none_or(|t| s.started_at < t)
     }
 }
-
