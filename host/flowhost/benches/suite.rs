@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use flowhost::App;
 use flowhost::app::plugin_limits;
 use flowhost::config::{Config, Overrides};
-use flowhost_wasm::{Call, PluginHost};
 use flowhost_core::runner::FlowContext;
 use flowhost_tests::{RedisServer, flows_dir, plugin_wasm, plugins_dir, repo_root};
+use flowhost_wasm::{Call, PluginHost};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
@@ -124,7 +124,7 @@ async fn per_step(t: &mut Table) -> Result<()> {
     };
     for _ in 0..300 {
         bare().await?;
-        host.execute(&plugin, &call).await.result?;
+        host.execute_plugin(&plugin, &call).await.result?;
     }
     let (mut floor, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..5000 {
@@ -132,7 +132,7 @@ async fn per_step(t: &mut Table) -> Result<()> {
         bare().await?;
         floor.push(c.elapsed());
         let c = Instant::now();
-        host.execute(&plugin, &call).await.result?;
+        host.execute_plugin(&plugin, &call).await.result?;
         ours.push(c.elapsed());
     }
     let (f50, f99) = summary(floor);

@@ -34,8 +34,8 @@ pub struct App {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot start the WebAssembly engine: {0:#}")]
-    Engine(#[source] wasmtime::Error),
+    #[error("cannot start the WebAssembly engine: {0}")]
+    Engine(String),
 }
 
 impl App {
@@ -148,7 +148,8 @@ impl App {
         config: &Config,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<PluginHost, BuildError> {
-        let mut plugins = PluginHost::new(plugin_limits(config)).map_err(BuildError::Engine)?;
+        let mut plugins = PluginHost::new(plugin_limits(config))
+            .map_err(|e| BuildError::Engine(format!("{e:#}")))?;
         if let Some(m) = metrics {
             plugins = plugins.with_observer(m);
         }

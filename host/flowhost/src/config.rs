@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_file_parses_and_matches_the_defaults() {
-        let text = include_str!("../../config.yaml");
+        let text = include_str!("../../../config.yaml");
         let parsed = Config::from_yaml(text).unwrap();
         let default = Config::default();
         assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
@@ -537,7 +537,7 @@ mod tests {
             redis_url: Some("redis://127.0.0.1:1/".into()),
             ..Overrides::default()
         };
-        let c = Config::load(Some(Path::new("../config.yaml")), &o).unwrap();
+        let c = Config::load(Some(Path::new("../../config.yaml")), &o).unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.redis_url(), Some("redis://127.0.0.1:1/"));
         let err = Config::from_yaml("listen: 1\nnope: 2\n").unwrap_err();
@@ -546,7 +546,7 @@ mod tests {
             redis_url: Some("localhost:6379".into()),
             ..Overrides::default()
         };
-        let err = Config::load(Some(Path::new("../config.yaml")), &bad).unwrap_err();
+        let err = Config::load(Some(Path::new("../../config.yaml")), &bad).unwrap_err();
         assert!(
             err.to_string().contains("must start with redis://"),
             "{err}"

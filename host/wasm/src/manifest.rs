@@ -133,17 +133,7 @@ pub enum ManifestError {
 /// applied to `defaults`, or the defaults alone when there is no manifest.
 pub fn grants_for(wasm: &Path, defaults: &Defaults) -> Result<Grants, ManifestError> {
     let path = wasm.with_extension("toml");
-    let (manifest, manifest_path) = match std::fs::read_to_string(&path) {
-        Ok(text) => (
-            toml::from_str::<Manifest>(&text).map_err(|e| ManifestError::Invalid {
-                path: path.clone(),
-                message: e.to_string(),
-            })?,
-            Some(path.clone()),
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Manifest::default(), None),
-        Err(source) => return Err(ManifestError::Io { path, source }),
-    };
+    let (manifest, manifest_path) = read(&path)?;
     let invalid = |message: String| ManifestError::Invalid {
         path: path.clone(),
         message,
@@ -180,18 +170,7 @@ pub fn grants_for(wasm: &Path, defaults: &Defaults) -> Result<Grants, ManifestEr
             )));
         }
     }
-    // A secret that is not set leaves its variable unset: the plugin decides
-    // whether it can work without (a local model server needs no key).
-    let mut env = Vec::new();
-    for (var, secret) in &manifest.secrets {
-        match defaults.secrets.get(secret) {
-            Some(value) => env.push((var.clone(), value.clone())),
-            None => tracing::warn!(
-                manifest = %path.display(),
-                "secret {secret} (for {var}) is not set: set FLOWHOST_SECRET_{secret} or secrets.{secret} in config.yaml"
-            ),
-        }
-    }
+    let env = secret_env(&manifest, defaults, &path);
     Ok(Grants {
         memory_bytes,
         timeout_ms: l.timeout_ms.unwrap_or(defaults.timeout.as_millis() as u64),
@@ -214,6 +193,42 @@ pub fn grants_for(wasm: &Path, defaults: &Defaults) -> Result<Grants, ManifestEr
         manifest: manifest_path,
         env,
     })
+}
+
+/// The manifest at `path` and its path, or the empty manifest and `None`
+/// when there is no file.
+fn read(path: &Path) -> Result<(Manifest, Option<PathBuf>), ManifestError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((
+            toml::from_str::<Manifest>(&text).map_err(|e| ManifestError::Invalid {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?,
+            Some(path.to_owned()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Manifest::default(), None)),
+        Err(source) => Err(ManifestError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The environment the manifest's secrets give the plugin. A secret that is
+/// not set leaves its variable unset: the plugin decides whether it can work
+/// without (a local model server needs no key).
+fn secret_env(manifest: &Manifest, defaults: &Defaults, path: &Path) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (var, secret) in &manifest.secrets {
+        match defaults.secrets.get(secret) {
+            Some(value) => env.push((var.clone(), value.clone())),
+            None => tracing::warn!(
+                manifest = %path.display(),
+                "secret {secret} (for {var}) is not set: set FLOWHOST_SECRET_{secret} or secrets.{secret} in config.yaml"
+            ),
+        }
+    }
+    env
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub(super) async fn list_plugins(State(app): AppState) -> Json<Value> {
 /// Exactly one of the three selects what to remove.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct InvalidateQuery {
+pub(super) struct InvalidateQuery {
     /// Every result computed by this plugin.
     plugin: Option<String>,
     /// Every result stored by runs of this flow, whole-flow results included.
@@ -88,7 +88,7 @@ pub(super) async fn invalidate_cache(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct PruneQuery {
+pub(super) struct PruneQuery {
     /// Remove finished flows older than this: 30m, 12h, 7d.
     older_than: String,
 }

@@ -14,7 +14,7 @@ use super::{ApiError, AppState, ErrorBody};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ActiveQuery {
+pub(super) struct ActiveQuery {
     /// Comma-separated statuses; default `pending,running,paused`; `all` for every status.
     status: Option<String>,
     /// Only runs started at or after this RFC 3339 time.
@@ -100,7 +100,7 @@ pub(super) async fn active_flows(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct AnalyticsQuery {
+pub(super) struct AnalyticsQuery {
     /// How far back to look: 30s, 15m, 1h (the default), 7d.
     window: Option<String>,
 }

@@ -16,11 +16,11 @@ mod views;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{Method, Uri};
 use axum::response::Json;
 use axum::{Extension, Router};
-use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;

@@ -24,7 +24,7 @@ use crate::app::App;
 /// metadata to record with it.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ExecuteRequest {
+pub(super) struct ExecuteRequest {
     /// The flow's inputs, by name.
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -238,7 +238,10 @@ pub(super) async fn resume(
     State(app): AppState,
     Path((flow, raw_id)): Path<(String, String)>,
 ) -> Result<Json<FlowRunView>, ApiError> {
-    control(&app, &flow, &raw_id, |r, id| async move { r.resume_flow(id).await }).await
+    control(&app, &flow, &raw_id, |r, id| async move {
+        r.resume_flow(id).await
+    })
+    .await
 }
 
 /// Reset one failed step and continue the run from it.
@@ -256,7 +259,10 @@ pub(super) async fn retry(
     State(app): AppState,
     Path((flow, raw_id, step)): Path<(String, String, String)>,
 ) -> Result<Json<FlowRunView>, ApiError> {
-    control(&app, &flow, &raw_id, |r, id| async move { r.retry_step(id, &step).await }).await
+    control(&app, &flow, &raw_id, |r, id| async move {
+        r.retry_step(id, &step).await
+    })
+    .await
 }
 
 /// Cancel a run: running steps are interrupted, no further step starts.
@@ -275,7 +281,10 @@ pub(super) async fn cancel(
     State(app): AppState,
     Path((flow, raw_id)): Path<(String, String)>,
 ) -> Result<Json<FlowRunView>, ApiError> {
-    control(&app, &flow, &raw_id, |r, id| async move { r.cancel_flow(id).await }).await
+    control(&app, &flow, &raw_id, |r, id| async move {
+        r.cancel_flow(id).await
+    })
+    .await
 }
 
 /// A control of one stored run (resume, retry, cancel): finds the run in

@@ -70,7 +70,11 @@ pub(super) struct FlowRunView {
 
 /// A run as the API shows it: steps in definition order, with their inputs
 /// and outputs when `with_step_data`.
-pub(super) fn flow_view(def: &FlowDefinition, state: &FlowState, with_step_data: bool) -> FlowRunView {
+pub(super) fn flow_view(
+    def: &FlowDefinition,
+    state: &FlowState,
+    with_step_data: bool,
+) -> FlowRunView {
     let steps = def
         .steps
         .iter()
@@ -112,7 +116,6 @@ pub(super) fn flow_view(def: &FlowDefinition, state: &FlowState, with_step_data:
     }
 }
 
-
 /// One line of a listing.
 #[derive(Serialize, ToSchema)]
 pub(super) struct RunSummary {
@@ -131,7 +134,6 @@ pub(super) struct RunPage {
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
-
 
 /// What `execute-async` answers.
 #[derive(Serialize, ToSchema)]
