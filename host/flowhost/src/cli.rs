@@ -137,7 +137,7 @@ async fn run_flow(config: Config, flow: &str, input: String) -> anyhow::Result<E
     let mut config = config;
     config.queue.host_id = format!("{}:run-{}", config.host_id(), std::process::id());
     let app = App::build(config).await?;
-    let Some(def) = app.flows.get(&flow).cloned() else {
+    let Some(def) = app.flows.get(flow).cloned() else {
         let known: Vec<&str> = app.flows.flows().map(|f| f.name.as_str()).collect();
         eprintln!(
             "flowhost: no flow named `{flow}`; loaded flows: [{}]",
