@@ -5,17 +5,19 @@
 //! A `FlowDefinition` that exists is valid: its steps form a DAG over known
 //! plugins. This module knows nothing of wasmtime, Redis or HTTP.
 
+mod catalog;
+mod parse;
 mod template;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use catalog::FlowCatalog;
 pub use template::{Reference, Scope, Source, Template};
 
 /// One problem in one flow file.
@@ -85,21 +87,6 @@ impl InputSpec {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFlow {
-    name: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    inputs: BTreeMap<String, InputSpec>,
-    steps: Vec<RawStep>,
-    #[serde(default)]
-    outputs: Map<String, Value>,
-    #[serde(default)]
-    cache: FlowCacheSpec,
-}
-
 /// A flow's cache settings: defaults for its steps, and whether a repeat run
 /// with the same inputs returns the stored result of the whole flow.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -121,32 +108,6 @@ pub struct CacheSpec {
     /// Cache even though the plugin says it is not deterministic.
     #[serde(default)]
     pub force: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawCache {
-    Switch(bool),
-    Spec(CacheSpec),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStep {
-    name: String,
-    plugin: String,
-    #[serde(default)]
-    input: Option<Value>,
-    #[serde(default)]
-    config: Option<Value>,
-    #[serde(default)]
-    depends_on: Vec<String>,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-    #[serde(default)]
-    retry: Option<RetrySpec>,
-    #[serde(default)]
-    cache: Option<RawCache>,
 }
 
 /// A step's retry policy as written in the flow file; keys left out take the
@@ -191,183 +152,6 @@ pub struct FlowDefinition {
 }
 
 impl FlowDefinition {
-    /// Parses and validates one file's text. `plugin_exists` tells which
-    /// plugin names are loaded.
-    pub fn parse(
-        file: &Path,
-        text: &str,
-        plugin_exists: &dyn Fn(&str) -> bool,
-    ) -> Result<FlowDefinition, Vec<FlowError>> {
-        let err = |step: Option<&str>, message: String| FlowError {
-            file: file.to_owned(),
-            step: step.map(str::to_owned),
-            message,
-        };
-        let raw: RawFlow = serde_saphyr::from_str(text)
-            .map_err(|e| vec![err(None, format!("invalid YAML: {e}"))])?;
-        let mut errors = Vec::new();
-        if !is_name(&raw.name) {
-            errors.push(err(
-                None,
-                format!(
-                    "flow name {:?} must be letters, digits, '-' or '_'",
-                    raw.name
-                ),
-            ));
-        }
-        if raw.steps.is_empty() {
-            errors.push(err(None, "a flow needs at least one step".into()));
-        }
-        for (name, spec) in &raw.inputs {
-            if let Some(default) = &spec.default
-                && !spec.ty.accepts(default)
-            {
-                errors.push(err(
-                    None,
-                    format!(
-                        "input `{name}`: default {default} is not of type {:?}",
-                        spec.ty
-                    ),
-                ));
-            }
-        }
-        let step_names: BTreeSet<&str> = raw.steps.iter().map(|s| s.name.as_str()).collect();
-        let mut seen = BTreeSet::new();
-        let mut steps = Vec::new();
-        for raw_step in &raw.steps {
-            let name = raw_step.name.as_str();
-            let mut step_err = |m: String| errors.push(err(Some(name), m));
-            if !is_name(name) {
-                step_err("step name must be letters, digits, '-' or '_'".into());
-            }
-            if !seen.insert(name) {
-                step_err("duplicate step name".into());
-            }
-            if !plugin_exists(&raw_step.plugin) {
-                step_err(format!(
-                    "unknown plugin `{}`: no {}.wasm in the plugins folder",
-                    raw_step.plugin, raw_step.plugin
-                ));
-            }
-            let config = match raw_step.config.clone().unwrap_or(Value::Object(Map::new())) {
-                Value::Object(m) => Value::Object(m),
-                Value::Null => Value::Object(Map::new()),
-                other => {
-                    step_err(format!("config must be a mapping, not {other}"));
-                    Value::Null
-                }
-            };
-            let input = match Template::parse(
-                raw_step
-                    .input
-                    .as_ref()
-                    .unwrap_or(&Value::Object(Map::new())),
-            ) {
-                Ok(t) => t,
-                Err(m) => {
-                    step_err(format!("input: {m}"));
-                    Template::Value(Value::Null)
-                }
-            };
-            let mut depends_on = BTreeSet::new();
-            for r in input.references() {
-                match &r.source {
-                    Source::Input(i) if !raw.inputs.contains_key(i) => step_err(format!(
-                        "input refers to {r}, but the flow declares no input `{i}`"
-                    )),
-                    Source::Step(s) if s == name => step_err(format!(
-                        "input refers to {r}: a step cannot use its own output"
-                    )),
-                    Source::Step(s) if !step_names.contains(s.as_str()) => {
-                        step_err(format!("input refers to {r}, but there is no step `{s}`"))
-                    }
-                    Source::Step(s) => {
-                        depends_on.insert(s.clone());
-                    }
-                    Source::Input(_) => {}
-                }
-            }
-            for d in &raw_step.depends_on {
-                if !step_names.contains(d.as_str()) || d == name {
-                    step_err(format!("depends_on names `{d}`, which is not another step"));
-                } else {
-                    depends_on.insert(d.clone());
-                }
-            }
-            let retry = raw_step.retry.clone().unwrap_or_default();
-            if retry.max_attempts == Some(0)
-                || retry.factor.is_some_and(|f| f < 1.0)
-                || retry.jitter.is_some_and(|j| !(0.0..=1.0).contains(&j))
-            {
-                step_err(
-                    "retry: max_attempts must be at least 1, factor at least 1.0, jitter in [0, 1]"
-                        .into(),
-                );
-            }
-            if raw_step.timeout_ms == Some(0) {
-                step_err("timeout_ms must be above 0".into());
-            }
-            steps.push(StepDef {
-                name: name.to_owned(),
-                plugin: raw_step.plugin.clone(),
-                input,
-                config,
-                depends_on,
-                timeout: raw_step.timeout_ms.map(Duration::from_millis),
-                retry,
-                cache: match &raw_step.cache {
-                    None => CacheSpec::default(),
-                    Some(RawCache::Switch(on)) => CacheSpec {
-                        enabled: Some(*on),
-                        ..CacheSpec::default()
-                    },
-                    Some(RawCache::Spec(spec)) => spec.clone(),
-                },
-            });
-        }
-        let outputs = match Template::parse(&Value::Object(raw.outputs.clone())) {
-            Ok(t) => t,
-            Err(m) => {
-                errors.push(err(None, format!("outputs: {m}")));
-                Template::Value(Value::Null)
-            }
-        };
-        for r in outputs.references() {
-            match &r.source {
-                Source::Input(i) if !raw.inputs.contains_key(i) => errors.push(err(
-                    None,
-                    format!("outputs refer to {r}, but the flow declares no input `{i}`"),
-                )),
-                Source::Step(s) if !step_names.contains(s.as_str()) => errors.push(err(
-                    None,
-                    format!("outputs refer to {r}, but there is no step `{s}`"),
-                )),
-                _ => {}
-            }
-        }
-        if errors.is_empty()
-            && let Some(cycle) = find_cycle(&steps)
-        {
-            errors.push(err(
-                Some(&cycle[0]),
-                format!("steps form a cycle: {}", cycle.join(" → ")),
-            ));
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(FlowDefinition {
-            name: raw.name,
-            description: raw.description,
-            inputs: raw.inputs,
-            steps,
-            outputs,
-            cache: raw.cache,
-            hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
-            file: file.to_owned(),
-        })
-    }
-
     pub fn step(&self, name: &str) -> Option<&StepDef> {
         self.steps.iter().find(|s| s.name == name)
     }
@@ -434,147 +218,11 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// A cycle among the steps, as the names along it with the first repeated at
-/// the end; `None` for a DAG.
-fn find_cycle(steps: &[StepDef]) -> Option<Vec<String>> {
-    let deps: HashMap<&str, &BTreeSet<String>> = steps
-        .iter()
-        .map(|s| (s.name.as_str(), &s.depends_on))
-        .collect();
-    // 0 = unvisited, 1 = on the current path, 2 = done.
-    let mut mark: HashMap<&str, u8> = HashMap::new();
-    fn visit<'a>(
-        node: &'a str,
-        deps: &HashMap<&'a str, &'a BTreeSet<String>>,
-        mark: &mut HashMap<&'a str, u8>,
-        path: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        match mark.get(node) {
-            Some(2) => return None,
-            Some(1) => {
-                let start = path.iter().position(|n| *n == node).unwrap_or(0);
-                let mut cycle: Vec<String> =
-                    path[start..].iter().map(|s| (*s).to_owned()).collect();
-                cycle.push(node.to_owned());
-                return Some(cycle);
-            }
-            _ => {}
-        }
-        mark.insert(node, 1);
-        path.push(node);
-        for d in deps.get(node).into_iter().flat_map(|s| s.iter()) {
-            if let Some(c) = visit(d.as_str(), deps, mark, path) {
-                return Some(c);
-            }
-        }
-        path.pop();
-        mark.insert(node, 2);
-        None
-    }
-    for s in steps {
-        if let Some(c) = visit(&s.name, &deps, &mut mark, &mut Vec::new()) {
-            return Some(c);
-        }
-    }
-    None
-}
-
-/// The flows loaded from the flows folder, by name, and the files rejected.
-#[derive(Default)]
-pub struct FlowCatalog {
-    flows: BTreeMap<String, Arc<FlowDefinition>>,
-    errors: Vec<FlowError>,
-}
-
-impl FlowCatalog {
-    /// Loads every `*.yaml` / `*.yml` in `dir`. Invalid files are reported in
-    /// `errors` and left out; they never stop the host.
-    pub fn load_dir(dir: &Path, plugin_exists: &dyn Fn(&str) -> bool) -> FlowCatalog {
-        let mut catalog = FlowCatalog::default();
-        let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                .collect(),
-            Err(e) => {
-                catalog.errors.push(FlowError {
-                    file: dir.to_owned(),
-                    step: None,
-                    message: format!("cannot read the flows folder: {e}"),
-                });
-                return catalog;
-            }
-        };
-        paths.sort();
-        for path in paths {
-            catalog.load_file(&path, plugin_exists);
-        }
-        catalog
-    }
-
-    pub fn load_file(&mut self, path: &Path, plugin_exists: &dyn Fn(&str) -> bool) {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                self.errors.push(FlowError {
-                    file: path.to_owned(),
-                    step: None,
-                    message: format!("cannot read file: {e}"),
-                });
-                return;
-            }
-        };
-        match FlowDefinition::parse(path, &text, plugin_exists) {
-            Ok(def) => {
-                if let Some(other) = self.flows.get(&def.name) {
-                    self.errors.push(FlowError {
-                        file: path.to_owned(),
-                        step: None,
-                        message: format!(
-                            "flow name `{}` is already used by {}",
-                            def.name,
-                            other.file.display()
-                        ),
-                    });
-                } else {
-                    self.flows.insert(def.name.clone(), Arc::new(def));
-                }
-            }
-            Err(errors) => self.errors.extend(errors),
-        }
-    }
-
-    /// Adds a definition parsed elsewhere (tests, flows built in code),
-    /// replacing any of the same name; returns it as the catalog holds it.
-    pub fn insert(&mut self, def: FlowDefinition) -> Arc<FlowDefinition> {
-        let def = Arc::new(def);
-        self.flows.insert(def.name.clone(), def.clone());
-        def
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Arc<FlowDefinition>> {
-        self.flows.get(name)
-    }
-
-    pub fn flows(&self) -> impl Iterator<Item = &Arc<FlowDefinition>> {
-        self.flows.values()
-    }
-
-    pub fn errors(&self) -> &[FlowError] {
-        &self.errors
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::Path;
 
     fn parse(text: &str) -> Result<FlowDefinition, Vec<FlowError>> {
         FlowDefinition::parse(Path::new("flows/t.yaml"), text, &|p| {

@@ -4,7 +4,7 @@
 //! ending in an `Attempt`. Only what happens between attempts is written here.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -113,33 +113,52 @@ impl FlowRunner {
                 Attempt::Interrupted | Attempt::Failed => return st,
                 Attempt::Retry => {}
             }
-            let r = self
-                .inner
-                .store
-                .save_step(flow_id, &st, &FlowPatch::default())
-                .await;
-            self.record(flow_id, r);
-            self.observe(Event::StepRetried {
-                flow: &def.name,
-                step: &step.name,
-                plugin: &step.plugin,
-            });
             let delay = policy.delay(tries, fastrand::f64());
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = active.stop.cancelled() => {
-                    if active.is_cancelled() {
-                        st.status = StepStatus::Cancelled;
-                    } else {
-                        // Shutdown between attempts: the next attempt is due
-                        // and runs on resume.
-                        st.status = StepStatus::Pending;
-                        st.attempt += 1;
-                    }
-                    return st;
-                }
+            if self
+                .before_retry((def, step), flow_id, &mut st, active, delay)
+                .await
+            {
+                return st;
             }
             st.attempt += 1;
+        }
+    }
+
+    /// Between two attempts: records the failed one, then waits out the
+    /// backoff. True when the flow was stopped meanwhile (`st` is then
+    /// cancelled, or left due for a resume).
+    async fn before_retry(
+        &self,
+        (def, step): (&FlowDefinition, &StepDef),
+        flow_id: FlowId,
+        st: &mut FlowStepState,
+        active: &Active,
+        delay: Duration,
+    ) -> bool {
+        let r = self
+            .inner
+            .store
+            .save_step(flow_id, st, &FlowPatch::default())
+            .await;
+        self.record(flow_id, r);
+        self.observe(Event::StepRetried {
+            flow: &def.name,
+            step: &step.name,
+            plugin: &step.plugin,
+        });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            () = active.stop.cancelled() => {
+                if active.is_cancelled() {
+                    st.status = StepStatus::Cancelled;
+                } else {
+                    // Shutdown between attempts: the next attempt is due
+                    // and runs on resume.
+                    st.status = StepStatus::Pending;
+                    st.attempt += 1;
+                }
+                true
+            }
         }
     }
 
