@@ -112,53 +112,7 @@ pub fn compute(
     };
     let step_stats = steps
         .iter()
-        .map(|name| {
-            let (mut completed, mut failed, mut cached) = (0, 0, 0);
-            let mut times = Vec::new();
-            let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-            for st in runs.iter().filter_map(|r| r.steps.get(name)) {
-                if st.cache_key.is_some() {
-                    cache.cacheable_steps += 1;
-                }
-                match st.status {
-                    StepStatus::Completed if st.cached => {
-                        completed += 1;
-                        cached += 1;
-                        cache.hits += 1;
-                    }
-                    StepStatus::Completed => {
-                        completed += 1;
-                        times.extend(st.execution_time);
-                    }
-                    StepStatus::Failed => {
-                        failed += 1;
-                        let reason: String = st
-                            .error
-                            .as_deref()
-                            .unwrap_or("unknown")
-                            .chars()
-                            .take(200)
-                            .collect();
-                        *reasons.entry(reason).or_insert(0) += 1;
-                    }
-                    StepStatus::Pending | StepStatus::Running | StepStatus::Cancelled => {}
-                }
-            }
-            let mut failure_reasons: Vec<Reason> = reasons
-                .into_iter()
-                .map(|(reason, count)| Reason { reason, count })
-                .collect();
-            failure_reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
-            failure_reasons.truncate(10);
-            StepStats {
-                step: name.clone(),
-                completed,
-                failed,
-                cached,
-                duration_seconds: Percentiles::of(times),
-                failure_reasons,
-            }
-        })
+        .map(|name| step_stats(name, runs, &mut cache))
         .collect();
     cache.hit_rate =
         (cache.cacheable_steps > 0).then(|| cache.hits as f64 / cache.cacheable_steps as f64);
@@ -170,6 +124,56 @@ pub fn compute(
         duration_seconds: Percentiles::of(durations),
         steps: step_stats,
         cache,
+    }
+}
+
+/// One step's counts, durations and failure reasons over `runs`; its
+/// cacheable executions and hits are added to `cache`.
+fn step_stats(name: &str, runs: &[FlowState], cache: &mut CacheStats) -> StepStats {
+    let (mut completed, mut failed, mut cached) = (0, 0, 0);
+    let mut times = Vec::new();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for st in runs.iter().filter_map(|r| r.steps.get(name)) {
+        if st.cache_key.is_some() {
+            cache.cacheable_steps += 1;
+        }
+        match st.status {
+            StepStatus::Completed if st.cached => {
+                completed += 1;
+                cached += 1;
+                cache.hits += 1;
+            }
+            StepStatus::Completed => {
+                completed += 1;
+                times.extend(st.execution_time);
+            }
+            StepStatus::Failed => {
+                failed += 1;
+                let reason: String = st
+                    .error
+                    .as_deref()
+                    .unwrap_or("unknown")
+                    .chars()
+                    .take(200)
+                    .collect();
+                *reasons.entry(reason).or_insert(0) += 1;
+            }
+            StepStatus::Pending | StepStatus::Running | StepStatus::Cancelled => {}
+        }
+    }
+    let mut failure_reasons: Vec<Reason> = reasons
+        .into_iter()
+        .map(|(reason, count)| Reason { reason, count })
+        .collect();
+    failure_reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
+    failure_reasons.truncate(10);
+    StepStats {
+        step: name.to_owned(),
+        completed,
+        failed,
+        cached,
+        duration_seconds: Percentiles::of(times),
+        failure_reasons,
     }
 }
 

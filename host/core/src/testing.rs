@@ -89,7 +89,18 @@ pub async fn state_store(store: &dyn StateStore) {
     done.apply(&mut a);
     assert_eq!(store.get_flow(a.flow_id).await.unwrap(), Some(a.clone()));
 
-    // listing: newest first, filters, limit
+    let (b, c) = listing(store, &a).await;
+    delete_and_prune(store, &a, &b, &c).await;
+    idempotency_keys(store, c.flow_id).await;
+}
+
+fn ids(v: Vec<FlowSummary>) -> Vec<FlowId> {
+    v.into_iter().map(|s| s.flow_id).collect()
+}
+
+/// Listing: newest first, filtered by name and status, limited. Adds two
+/// running flows (`beta` then `alpha`, started after `a`) and returns them.
+async fn listing(store: &dyn StateStore, a: &FlowState) -> (FlowState, FlowState) {
     let b = flow("beta", 1, 10);
     let c = flow("alpha", 1, 20);
     store.create_flow(&b).await.unwrap();
@@ -137,7 +148,16 @@ pub async fn state_store(store: &dyn StateStore) {
     };
     assert_eq!(ids(store.list_flows(&one).await.unwrap()), vec![c.flow_id]);
 
-    // delete
+    (b, c)
+}
+
+/// Delete, and prune, which removes finished flows only (`a` completed, `c`
+/// still running).
+async fn delete_and_prune(store: &dyn StateStore, a: &FlowState, b: &FlowState, c: &FlowState) {
+    let all = ListFilter {
+        limit: 10,
+        ..ListFilter::default()
+    };
     assert!(store.delete_flow(b.flow_id).await.unwrap());
     assert!(!store.delete_flow(b.flow_id).await.unwrap());
     assert_eq!(store.get_flow(b.flow_id).await.unwrap(), None);
@@ -146,7 +166,6 @@ pub async fn state_store(store: &dyn StateStore) {
         vec![c.flow_id, a.flow_id]
     );
 
-    // Prune removes finished flows only: a completed, c still running.
     let later = Utc::now() + chrono::Duration::minutes(1);
     assert_eq!(
         store
@@ -158,8 +177,6 @@ pub async fn state_store(store: &dyn StateStore) {
     assert_eq!(store.prune(later).await.unwrap(), 1);
     assert_eq!(store.get_flow(a.flow_id).await.unwrap(), None);
     assert!(store.get_flow(c.flow_id).await.unwrap().is_some());
-
-    idempotency_keys(store, c.flow_id).await;
 }
 
 async fn idempotency_keys(store: &dyn StateStore, first: FlowId) {

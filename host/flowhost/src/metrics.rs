@@ -402,6 +402,8 @@ fn step(flow: &str, step: &str, plugin: &str) -> StepLabel {
 }
 
 impl Observer for Metrics {
+    // One arm per event, in one match: the whole mapping from what happened
+    // to what is counted, readable at a glance.
     fn record(&self, event: Event<'_>) {
         match event {
             Event::FlowStarted { flow: f } => {
