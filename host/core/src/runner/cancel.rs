@@ -43,13 +43,7 @@ impl FlowRunner {
         }
         // Claim the flow so that a resume cannot start it meanwhile, here or
         // on another host; a flow another live host runs is cancelled there.
-        let guard = self.activate(id)?;
-        let (claim, state) = self
-            .inner
-            .store
-            .claim_and_load(id)
-            .await
-            .map_err(RunError::Store)?;
+        let (guard, claim, state) = self.claim_here(id).await?;
         let state = match (claim, state) {
             (Claim::Granted, Some(state)) => state,
             (Claim::HeldElsewhere(owner), _) => {

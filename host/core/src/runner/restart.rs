@@ -96,6 +96,23 @@ impl FlowRunner {
         Ok(ids.len())
     }
 
+    /// Marks `id` executing here and claims its lease, loading the flow with
+    /// the claim: nothing else on this host or another can start it
+    /// meanwhile.
+    pub(super) async fn claim_here(
+        &self,
+        id: FlowId,
+    ) -> Result<(ActiveGuard, Claim, Option<FlowState>), RunError> {
+        let guard = self.activate(id)?;
+        let (claim, state) = self
+            .inner
+            .store
+            .claim_and_load(id)
+            .await
+            .map_err(RunError::Store)?;
+        Ok((guard, claim, state))
+    }
+
     /// A stored flow, or `NotFound`.
     pub(super) async fn stored(&self, id: FlowId) -> Result<FlowState, RunError> {
         self.inner
@@ -110,13 +127,7 @@ impl FlowRunner {
     /// runs (from the queue, or taken over) leave a finished or failed flow
     /// alone and return `None`; a resume or retry says why it cannot run.
     async fn restart(&self, id: FlowId, how: Restart<'_>) -> Result<Option<FlowState>, RunError> {
-        let guard = self.activate(id)?;
-        let (claim, state) = self
-            .inner
-            .store
-            .claim_and_load(id)
-            .await
-            .map_err(RunError::Store)?;
+        let (guard, claim, state) = self.claim_here(id).await?;
         match claim {
             Claim::Granted => {}
             Claim::HeldElsewhere(owner) => {

@@ -24,7 +24,7 @@ use super::restart::FirstAttempts;
 use super::{FlowRunner, RunError};
 use crate::flow::{FlowDefinition, Scope};
 use crate::observe::Event;
-use crate::state::{FlowPatch, FlowState, FlowStatus, FlowStepState, StepStatus};
+use crate::state::{FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, StepStatus};
 
 /// How the scheduler records a run's start: by creating the flow with its
 /// first steps, or by writing this header patch with them.
@@ -211,14 +211,8 @@ impl FlowRunner {
         } else if !progress.unwritten.is_empty() || progress.opening.is_some() {
             let mut patch = progress.opening.take().unwrap_or_default();
             patch.current_step = current.or(patch.current_step);
-            let batch: Vec<&FlowStepState> = progress.unwritten.iter().collect();
-            let r = self
-                .inner
-                .store
-                .save_steps(state.flow_id, &batch, &patch)
+            self.save_unwritten(state.flow_id, &mut progress.unwritten, &patch)
                 .await;
-            self.record(state.flow_id, r);
-            progress.unwritten.clear();
         }
         Ok(())
     }
@@ -344,14 +338,22 @@ impl FlowRunner {
             clear_result: progress.opening.as_ref().is_some_and(|o| o.clear_result),
             ..FlowPatch::default()
         };
-        let batch: Vec<&FlowStepState> = progress.unwritten.iter().collect();
-        let r = self
-            .inner
-            .store
-            .save_steps(state.flow_id, &batch, &patch)
+        self.save_unwritten(state.flow_id, &mut progress.unwritten, &patch)
             .await;
-        self.record(state.flow_id, r);
         Ok(())
+    }
+
+    /// Writes the step states not written yet with `patch`, in one call.
+    async fn save_unwritten(
+        &self,
+        id: FlowId,
+        unwritten: &mut Vec<FlowStepState>,
+        patch: &FlowPatch,
+    ) {
+        let batch: Vec<&FlowStepState> = unwritten.iter().collect();
+        let r = self.inner.store.save_steps(id, &batch, patch).await;
+        self.record(id, r);
+        unwritten.clear();
     }
 
     /// Reports a run recorded finished (or paused).
