@@ -11,7 +11,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture};
 
 use crate::codec::unavailable;
-use crate::store::RedisStoreConfig;
+use crate::config::RedisStoreConfig;
 
 /// A connection to one server or to a Cluster; both multiplexed.
 #[derive(Clone)]

@@ -1,57 +1,15 @@
-//! Leases: the fencing tokens of the flows this host holds (or lost), and
-//! claiming a flow (loading it in the same script), renewing, releasing, and
-//! the cancel request another host leaves for the holder. `impl StateStore`
-//! delegates its lease methods here.
+//! Leases: claiming a flow (loading it in the same script), renewing,
+//! releasing, and the cancel request another host leaves for the holder.
+//! `impl StateStore` delegates its lease methods here; the tokens held are
+//! in `fencing`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::BTreeMap;
 
 use flowhost_core::state::{Claim, FlowId, FlowState, Renewal, StoreError};
 
 use crate::codec::{decode_flow, unavailable};
 use crate::scripts::{CLAIM, RELEASE, RENEW};
 use crate::store::RedisStore;
-
-#[derive(Clone, Copy, Debug)]
-struct Held {
-    token: u64,
-    lost: bool,
-}
-
-/// The fencing token of every lease this host holds or lost, by flow.
-/// A lost lease stays here, so that this host's later writes to the flow
-/// still carry its (old) token and are refused, until it lets go.
-#[derive(Clone, Default)]
-pub(crate) struct HeldLeases(Arc<Mutex<HashMap<FlowId, Held>>>);
-
-impl HeldLeases {
-    fn lock(&self) -> MutexGuard<'_, HashMap<FlowId, Held>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a lease just taken with `token`.
-    pub(crate) fn hold(&self, id: FlowId, token: u64) {
-        self.lock().insert(id, Held { token, lost: false });
-    }
-
-    /// The token this host's writes to the flow carry, if it holds (or lost)
-    /// the flow's lease.
-    pub(crate) fn token(&self, id: FlowId) -> Option<u64> {
-        self.lock().get(&id).map(|h| h.token)
-    }
-
-    /// Marks the lease lost: a write carrying its token was refused.
-    pub(crate) fn mark_lost(&self, id: FlowId) {
-        if let Some(held) = self.lock().get_mut(&id) {
-            held.lost = true;
-        }
-    }
-
-    /// Forgets the lease: it was given up.
-    pub(crate) fn forget(&self, id: FlowId) {
-        self.lock().remove(&id);
-    }
-}
 
 impl RedisStore {
     /// A lease's value in Redis: `OWNER TOKEN`.
@@ -110,13 +68,7 @@ impl RedisStore {
 
     /// `StateStore::renew_claims`: one `RENEW` per lease still held.
     pub(crate) async fn renew_leases(&self) -> Result<Renewal, StoreError> {
-        let held: Vec<(FlowId, u64)> = self
-            .held
-            .lock()
-            .iter()
-            .filter(|(_, h)| !h.lost)
-            .map(|(id, h)| (*id, h.token))
-            .collect();
+        let held = self.held.live();
         let mut renewal = Renewal::default();
         for (id, token) in held {
             let renewed: i64 = RENEW
@@ -128,10 +80,7 @@ impl RedisStore {
                 .await
                 .map_err(unavailable)?;
             if renewed == 0 {
-                let mut held = self.held.lock();
-                // Only if it was not given up or claimed anew meanwhile.
-                if let Some(h) = held.get_mut(&id).filter(|h| h.token == token && !h.lost) {
-                    h.lost = true;
+                if self.held.lose_if_current(id, token) {
                     renewal.lost.push(id);
                 }
             } else if renewed == 2 {
@@ -143,7 +92,7 @@ impl RedisStore {
 
     /// `StateStore::release`: deletes the lease if it is still this host's.
     pub(crate) async fn release_lease(&self, id: FlowId) -> Result<(), StoreError> {
-        let Some(held) = self.held.lock().remove(&id) else {
+        let Some(held) = self.held.take(id) else {
             return Ok(());
         };
         if held.lost {

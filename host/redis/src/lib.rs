@@ -30,8 +30,10 @@
 
 mod cache;
 mod codec;
+mod config;
 mod conn;
 mod fallback;
+mod fencing;
 mod index;
 mod keys;
 mod leases;
@@ -40,5 +42,6 @@ mod scripts;
 mod store;
 mod write;
 
+pub use config::RedisStoreConfig;
 pub use fallback::{FallbackStore, RedisHealth};
-pub use store::{RedisStore, RedisStoreConfig};
+pub use store::RedisStore;

@@ -13,29 +13,11 @@ use flowhost_core::state::{
 };
 
 use crate::codec::{decode_flow, parse_flow_id, unavailable};
+pub use crate::config::RedisStoreConfig;
 use crate::conn::Conn;
+use crate::fencing::HeldLeases;
 use crate::keys::{ALL_STATUSES, Keys};
-use crate::leases::HeldLeases;
 use crate::scripts;
-
-#[derive(Clone, Debug)]
-pub struct RedisStoreConfig {
-    /// A `redis://` URL; with `cluster`, one or more (comma-separated) seed
-    /// nodes of a Redis Cluster.
-    pub url: String,
-    pub cluster: bool,
-    /// Prepended to every key; must not contain `{` or `}`.
-    pub key_prefix: String,
-    /// How long one command may take before it counts as a failure.
-    pub response_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// A finished flow's keys expire this long after it finished.
-    pub retention: Option<Duration>,
-    /// This host's name in leases and in the consumer group.
-    pub owner: String,
-    /// How long a lease lives unless renewed.
-    pub lease_ttl: Duration,
-}
 
 #[derive(Clone)]
 pub struct RedisStore {

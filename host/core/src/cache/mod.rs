@@ -1,6 +1,6 @@
 //! The content-addressed result cache: the `ResultCache` port and its entry
 //! type, what goes into a key (`key`), and single-flight within one host.
-//! Adapters: `crate::memory`, and the Redis crate (which alone knows Redis
+//! Adapters: the memory store, and the Redis crate (which alone knows Redis
 //! key names).
 
 mod key;

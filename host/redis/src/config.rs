@@ -1,0 +1,23 @@
+//! How to reach Redis and how this host appears there: URL (one server or a
+//! Cluster's seed nodes), key prefix, time limits, retention, lease owner.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct RedisStoreConfig {
+    /// A `redis://` URL; with `cluster`, one or more (comma-separated) seed
+    /// nodes of a Redis Cluster.
+    pub url: String,
+    pub cluster: bool,
+    /// Prepended to every key; must not contain `{` or `}`.
+    pub key_prefix: String,
+    /// How long one command may take before it counts as a failure.
+    pub response_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// A finished flow's keys expire this long after it finished.
+    pub retention: Option<Duration>,
+    /// This host's name in leases and in the consumer group.
+    pub owner: String,
+    /// How long a lease lives unless renewed.
+    pub lease_ttl: Duration,
+}
