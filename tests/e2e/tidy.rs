@@ -171,3 +171,27 @@ fn modules_form_no_cycle() {
         }
     }
 }
+
+/// The repository holds sources, not what building or running them makes:
+/// compiled artifacts, plugin builds, target folders, a host's data.
+#[test]
+fn the_repository_holds_no_build_outputs() {
+    let listed = std::process::Command::new("git")
+        .args(["ls-files"])
+        .current_dir(repo_root())
+        .output()
+        .expect("git ls-files");
+    assert!(listed.status.success(), "git ls-files failed");
+    let files = String::from_utf8_lossy(&listed.stdout);
+    let outputs: Vec<&str> = files
+        .lines()
+        .filter(|f| {
+            f.ends_with(".cwasm")
+                || f.ends_with(".wasm")
+                || f.split('/').any(|part| part == "target" || part == ".flowhost")
+                || f.starts_with("plugins/dist/")
+                || f.starts_with("plugins/testing/dist/")
+        })
+        .collect();
+    assert!(outputs.is_empty(), "build outputs in git: {outputs:#?}");
+}
