@@ -265,6 +265,53 @@ async fn sync_latency(t: &mut Table, redis: &RedisServer) -> Result<()> {
     Ok(())
 }
 
+/// Item 2b, what durability costs: the 3-step sync flow over HTTP on Redis
+/// with AOF and `appendfsync everysec` (docker-compose's setting: an OS
+/// crash can lose up to a second of acknowledged runs) against `always`
+/// (every write on disk before Redis answers), interleaved.
+async fn fsync_cost(t: &mut Table) -> Result<()> {
+    let plugins = plugins_dir(&["echo"]);
+    let flows = flows_dir(&[("c3", &chain_flow("c3", 3))]);
+    let mut servers = Vec::new();
+    for policy in ["everysec", "always"] {
+        let redis = RedisServer::start_with(
+            flowhost_tests::free_port(),
+            &["--appendonly", "yes", "--appendfsync", policy],
+        )?;
+        let app = build_app(Some(&redis), plugins.path(), flows.path()).await?;
+        servers.push((policy, serve(&app).await?, redis));
+    }
+    let client = reqwest::Client::new();
+    let body = json!({"inputs": {"text": "hello"}}).to_string();
+    let mut samples: HashMap<&str, Vec<Duration>> = HashMap::new();
+    for i in 0..1100 {
+        for (policy, base, _) in &servers {
+            let c = Instant::now();
+            let run: Value = client
+                .post(format!("{base}/api/v1/c3/execute"))
+                .body(body.clone())
+                .send()
+                .await?
+                .json()
+                .await?;
+            let took = c.elapsed();
+            anyhow::ensure!(run["status"] == "completed", "{run}");
+            if i >= 100 {
+                samples.entry(policy).or_default().push(took);
+            }
+        }
+    }
+    let (base50, _) = summary(samples["everysec"].clone());
+    for policy in ["everysec", "always"] {
+        let (p50, p99) = summary(samples.remove(policy).unwrap_or_default());
+        t.row(
+            format!("2b. sync flow, 3 steps, Redis AOF appendfsync {policy}"),
+            format!("p50 {p50:.0} µs   p99 {p99:.0} µs   ({:.2}x)", p50 / base50),
+        );
+    }
+    Ok(())
+}
+
 /// The same chains run in process (no HTTP), to tell the runner's cost
 /// from the HTTP layer's.
 async fn in_process(t: &mut Table, redis: &RedisServer) -> Result<()> {
@@ -744,6 +791,9 @@ async fn main() -> Result<()> {
     }
     if run("sync") {
         sync_latency(&mut t, &redis).await?;
+    }
+    if run("fsync") {
+        fsync_cost(&mut t).await?;
     }
     if run("runner") {
         in_process(&mut t, &redis).await?;
