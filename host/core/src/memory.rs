@@ -124,6 +124,15 @@ impl StateStore for MemoryStore {
         }
     }
 
+    async fn forget_key(&self, key: &str, id: FlowId) -> Result<bool, StoreError> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let names_id = keys.get(key).is_some_and(|(named, _)| *named == id);
+        if names_id {
+            keys.remove(key);
+        }
+        Ok(names_id)
+    }
+
     fn backend(&self) -> &'static str {
         "memory"
     }

@@ -38,8 +38,8 @@ pub fn flow(name: &str, steps: usize, started_secs: i64) -> FlowState {
 }
 
 /// The `StateStore` contract: create and read back, step and header writes,
-/// listing with every filter, delete and prune, idempotency keys, and the
-/// lease calls a store serving one host answers.
+/// listing with every filter, delete and prune, idempotency keys (taken and
+/// given back), and the lease calls a store serving one host answers.
 pub async fn state_store(store: &dyn StateStore) {
     // create, read back whole
     let mut a = flow("alpha", 3, 0);
@@ -193,6 +193,24 @@ async fn idempotency_keys(store: &dyn StateStore, first: FlowId) {
             .unwrap(),
         None
     );
+
+    // Given back only by the request that took it: a key naming another
+    // flow is kept, one naming this flow is removed and free again.
+    assert!(!store.forget_key(&key, FlowId::new()).await.unwrap());
+    assert_eq!(
+        store.remember_key(&key, FlowId::new(), ttl).await.unwrap(),
+        Some(first)
+    );
+    assert!(store.forget_key(&key, first).await.unwrap());
+    assert!(!store.forget_key(&key, first).await.unwrap());
+    let second = FlowId::new();
+    assert_eq!(store.remember_key(&key, second, ttl).await.unwrap(), None);
+    assert_eq!(
+        store.remember_key(&key, first, ttl).await.unwrap(),
+        Some(second)
+    );
+    let never = format!("contract-never-{first}");
+    assert!(!store.forget_key(&never, first).await.unwrap());
 }
 
 /// The `ResultCache` contract: a stored entry reads back whole; entries are

@@ -145,6 +145,12 @@ async fn run_flow(config: Config, flow: &str, input: String) -> anyhow::Result<E
         );
         return Ok(ExitCode::from(2));
     };
+    if app.runner.is_shared() {
+        // Its lease renewed for as long as it runs, so that no server sharing
+        // the Redis takes the run over; it takes no queued work.
+        let ttl = Duration::from_millis(app.config.queue.lease_ttl_ms);
+        flowhost_core::runner::worker::spawn_renewal(app.runner.clone(), app.store.clone(), ttl);
+    }
     let state = match app.runner.execute(def, inputs, FlowContext::new()).await {
         Ok(s) => s,
         Err(e) => {

@@ -300,6 +300,16 @@ impl StateStore for FallbackStore {
         }
     }
 
+    async fn forget_key(&self, key: &str, id: FlowId) -> Result<bool, StoreError> {
+        // Given back wherever it may have been taken: memory, and Redis
+        // while there is a connection.
+        let mut removed = self.memory.forget_key(key, id).await?;
+        if let Some(redis) = self.current() {
+            removed |= self.timed("forget_key", redis.forget_key(key, id)).await?;
+        }
+        Ok(removed)
+    }
+
     fn degraded(&self) -> bool {
         self.is_degraded()
     }

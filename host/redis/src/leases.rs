@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use flowhost_core::state::{Claim, FlowId, FlowState, Renewal, StoreError};
 
 use crate::codec::{decode_flow, unavailable};
-use crate::scripts::{CLAIM, RELEASE, RENEW};
+use crate::scripts::{CLAIM, DELETE_IF, RENEW};
 use crate::store::RedisStore;
 
 impl RedisStore {
@@ -76,6 +76,7 @@ impl RedisStore {
                 .key(self.keys.flow(id))
                 .arg(self.lease_value(token))
                 .arg(self.lease_ttl.as_millis() as u64)
+                .arg(token)
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(unavailable)?;
@@ -98,7 +99,7 @@ impl RedisStore {
         if held.lost {
             return Ok(());
         }
-        let _: i64 = RELEASE
+        let _: i64 = DELETE_IF
             .key(self.keys.lease(id))
             .arg(self.lease_value(held.token))
             .invoke_async(&mut self.conn.clone())

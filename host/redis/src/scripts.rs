@@ -105,21 +105,33 @@ return {token, '', redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]
     )
 });
 
-/// Extends a lease if it is still the caller's. KEYS: lease, header. ARGV:
-/// value, ms. Returns 0 when lost, 2 when a cancel was requested, else 1.
+/// Extends a lease if it is still the caller's. A lease that expired while
+/// the owner could not reach Redis (an outage) is taken back if nobody took
+/// the flow since: its fence is still the owner's token and it is still
+/// running. KEYS: lease, header. ARGV: value, ms, token. Returns 0 when
+/// lost, 2 when a cancel was requested, else 1.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif held == false and redis.call('HGET', KEYS[2], 'fence') == ARGV[3]
+    and redis.call('HGET', KEYS[2], 'status') == 'running' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  return 0
+end
 if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then return 2 end
 return 1
 ",
     )
 });
 
-/// Deletes a lease if it is still the caller's. KEYS: lease. ARGV: value.
-pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+/// Deletes a key if it still holds the caller's value: a lease its owner
+/// gives up, an idempotency key its request gives back. KEYS: the key.
+/// ARGV: value. Returns 1 when deleted, else 0.
+pub(crate) static DELETE_IF: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -130,5 +142,5 @@ return 0
 
 /// Every script, to load up front so that no request pays for sending one.
 pub(crate) fn all() -> [&'static Script; 5] {
-    [&*CREATE_FLOW, &*WRITE_FLOW, &*CLAIM, &*RENEW, &*RELEASE]
+    [&*CREATE_FLOW, &*WRITE_FLOW, &*CLAIM, &*RENEW, &*DELETE_IF]
 }

@@ -151,6 +151,16 @@ impl StateStore for RedisStore {
             .transpose()
     }
 
+    async fn forget_key(&self, key: &str, id: FlowId) -> Result<bool, StoreError> {
+        let removed: i64 = scripts::DELETE_IF
+            .key(self.keys.idempotency(key))
+            .arg(id.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(removed == 1)
+    }
+
     async fn claim(&self, id: FlowId) -> Result<Claim, StoreError> {
         self.claim_lease(id).await.map(|(claim, _)| claim)
     }

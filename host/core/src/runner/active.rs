@@ -20,8 +20,12 @@ pub(super) struct Active {
     pub stop: CancellationToken,
     /// Set with `stop` when a user cancelled the flow (rather than a shutdown).
     pub cancelled: AtomicBool,
-    /// Set with `stop` when this host lost the flow's lease to another host.
+    /// Set with `stop` when this host lost the flow's lease to another host,
+    /// or could not record the flow: it writes nothing more for it.
     pub lost: AtomicBool,
+    /// Set with `lost` when the store could not record the flow's state
+    /// within the hold limit (`hold.rs`).
+    pub unrecorded: AtomicBool,
     /// Becomes true when the flow's final state is recorded.
     pub finished: watch::Sender<bool>,
 }
@@ -33,6 +37,10 @@ impl Active {
 
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
+    }
+
+    pub fn is_unrecorded(&self) -> bool {
+        self.unrecorded.load(Ordering::SeqCst)
     }
 }
 
@@ -103,6 +111,7 @@ impl FlowRunner {
             stop: self.inner.interrupt_all.child_token(),
             cancelled: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            unrecorded: AtomicBool::new(false),
             finished: watch::channel(false).0,
         });
         active.insert(id, entry.clone());

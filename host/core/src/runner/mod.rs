@@ -12,13 +12,15 @@
 //! its output back. The runner names no adapter: it sees ports only.
 //!
 //! One concern a file: `start` (new runs, sync and background), `schedule`
-//! (the DAG loop), `step` (one step's attempts), `caching`, `restart`
+//! (the DAG loop), `step` (one step's attempts), `hold` (the writes a flow
+//! waits for while the store is away), `caching`, `restart`
 //! (resume, retry, take-over), `cancel`, `active` (flows running here,
 //! shutdown), `worker` (the shared queue's loops), `retry` (the backoff).
 
 mod active;
 mod caching;
 mod cancel;
+mod hold;
 mod restart;
 mod retry;
 mod schedule;
@@ -31,7 +33,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -154,6 +156,8 @@ struct Inner {
     interrupt_all: CancellationToken,
     /// Set on shutdown: no new flow and no new step starts.
     draining: AtomicBool,
+    /// The longest a flow is held waiting for the store, in ms (`hold.rs`).
+    hold_limit_ms: AtomicU64,
 }
 
 impl FlowRunner {
@@ -172,6 +176,7 @@ impl FlowRunner {
                 active: Mutex::new(HashMap::new()),
                 interrupt_all: CancellationToken::new(),
                 draining: AtomicBool::new(false),
+                hold_limit_ms: AtomicU64::new(hold::DEFAULT_HOLD_LIMIT.as_millis() as u64),
             }),
         }
     }
@@ -197,8 +202,10 @@ impl FlowRunner {
             .map_err(|e| RunError::Internal(e.to_string()))?
     }
 
-    /// A failed state write does not stop the flow: it is logged and counted,
-    /// and the flow's result is still returned to the caller.
+    /// The outcome of a write that nothing waits for (a stored flow's
+    /// cancel, a submission that could not be queued): a refusal by another
+    /// host's lease stops the flow here; any other failure is logged and
+    /// counted. Writes a flow cannot go on without are held (`hold.rs`).
     fn record(&self, flow_id: FlowId, result: Result<(), StoreError>) {
         if let Err(StoreError::Fenced(id)) = result {
             self.observe(Event::WriteFenced);
@@ -208,7 +215,7 @@ impl FlowRunner {
         }
         if let Err(e) = result {
             self.observe(Event::StateWriteFailed);
-            tracing::error!(flow_id = %flow_id, error = %e, "state write failed; the flow goes on");
+            tracing::error!(flow_id = %flow_id, error = %e, "state write failed");
         }
     }
 }

@@ -7,7 +7,9 @@
 //! finished step and the steps it lets start share one round trip, and the
 //! last one shares it with the flow's final state. A step is still recorded
 //! running before its plugin is called, and finished before anything that
-//! depends on it starts.
+//! depends on it starts: while the store cannot take a write the flow is
+//! held (`hold.rs`), and a write that never went through leaves its steps
+//! to write with the next one.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -20,11 +22,14 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::active::Active;
+use super::hold::Hold;
 use super::restart::FirstAttempts;
 use super::{FlowRunner, RunError};
 use crate::flow::{FlowDefinition, Scope};
 use crate::observe::Event;
-use crate::state::{FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, StepStatus};
+use crate::state::{
+    FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, StepStatus, StoreError,
+};
 
 /// How the scheduler records a run's start: by creating the flow with its
 /// first steps, or by writing this header patch with them.
@@ -168,7 +173,9 @@ impl FlowRunner {
                 break;
             }
             let current = to_start.last().map(|(i, _)| def.steps[*i].name.clone());
-            self.write_progress(&mut progress, &mut state, current)
+            // When the write does not go through, the flow is stopped: the
+            // steps in `to_start` end at once, uncalled (see `run_step`).
+            self.write_progress(&mut progress, &mut state, current, active)
                 .await?;
             let Some(step_state) = self
                 .next_finished(def, &state, to_start, &mut running, active)
@@ -191,12 +198,14 @@ impl FlowRunner {
     }
 
     /// Writes the step states not written yet, with the opening patch; the
-    /// first write of a new flow creates it.
+    /// first write of a new flow creates it. A write held until the flow
+    /// stopped leaves them for the next one.
     async fn write_progress(
         &self,
         progress: &mut Progress,
         state: &mut FlowState,
         current: Option<String>,
+        active: &Active,
     ) -> Result<(), RunError> {
         if progress.create {
             // A new flow is created with its first steps already running.
@@ -209,10 +218,16 @@ impl FlowRunner {
             state.metadata = snapshot.metadata;
             progress.create = false;
         } else if !progress.unwritten.is_empty() || progress.opening.is_some() {
-            let mut patch = progress.opening.take().unwrap_or_default();
+            let mut patch = progress.opening.clone().unwrap_or_default();
             patch.current_step = current.or(patch.current_step);
-            self.save_unwritten(state.flow_id, &mut progress.unwritten, &patch)
-                .await;
+            let id = state.flow_id;
+            let unwritten = &mut progress.unwritten;
+            if self
+                .save_unwritten(id, unwritten, &patch, active, Hold::UntilStopped)
+                .await
+            {
+                progress.opening = None;
+            }
         }
         Ok(())
     }
@@ -303,7 +318,10 @@ impl FlowRunner {
         if !active.is_lost() {
             // A host that lost the lease writes nothing more: the flow is
             // another host's now.
-            self.write_end(&mut state, &mut progress).await?;
+            self.write_end(&mut state, &mut progress, active).await?;
+        }
+        if active.is_unrecorded() {
+            return Err(unrecorded(state.flow_id, self.hold_limit()));
         }
         self.count_finished(&state, elapsed);
         tracing::info!(
@@ -322,6 +340,7 @@ impl FlowRunner {
         &self,
         state: &mut FlowState,
         progress: &mut Progress,
+        active: &Active,
     ) -> Result<(), RunError> {
         if progress.create {
             return self.create(state).await;
@@ -338,22 +357,35 @@ impl FlowRunner {
             clear_result: progress.opening.as_ref().is_some_and(|o| o.clear_result),
             ..FlowPatch::default()
         };
-        self.save_unwritten(state.flow_id, &mut progress.unwritten, &patch)
+        let unwritten = &mut progress.unwritten;
+        self.save_unwritten(state.flow_id, unwritten, &patch, active, Hold::ToTheLimit)
             .await;
         Ok(())
     }
 
-    /// Writes the step states not written yet with `patch`, in one call.
+    /// Writes the step states not written yet (the latest of each step) with
+    /// `patch`, in one call held as `hold` says; they are kept for the next
+    /// write unless it went through. True when written.
     async fn save_unwritten(
         &self,
         id: FlowId,
         unwritten: &mut Vec<FlowStepState>,
         patch: &FlowPatch,
-    ) {
-        let batch: Vec<&FlowStepState> = unwritten.iter().collect();
-        let r = self.inner.store.save_steps(id, &batch, patch).await;
-        self.record(id, r);
-        unwritten.clear();
+        active: &Active,
+        hold: Hold,
+    ) -> bool {
+        let mut seen = HashSet::new();
+        let mut batch: Vec<&FlowStepState> = unwritten
+            .iter()
+            .rev()
+            .filter(|s| seen.insert(s.step_name.as_str()))
+            .collect();
+        batch.reverse();
+        let written = self.save_held(id, &batch, patch, active, hold).await;
+        if written {
+            unwritten.clear();
+        }
+        written
     }
 
     /// Reports a run recorded finished (or paused).
@@ -364,6 +396,18 @@ impl FlowRunner {
             seconds: elapsed,
         });
     }
+}
+
+/// Why a run stopped here without its end recorded.
+fn unrecorded(id: FlowId, limit: std::time::Duration) -> RunError {
+    RunError::Store(StoreError::Unavailable(
+        format!(
+            "flow {id}: the state store did not take its state within {limit:?}; the run \
+             stopped here and continues, from its state as last recorded, on the host that \
+             takes it over"
+        )
+        .into(),
+    ))
 }
 
 /// The steps ready to start: pending in `first`, not launched, every

@@ -1,7 +1,9 @@
 //! New runs: `execute` (run to the end and answer the final state) and
 //! `submit` (record the run `pending` and run it in the background, here or,
 //! with a shared queue, on whichever host takes it). Both check the inputs
-//! against the flow's declaration and honour idempotency keys first.
+//! against the flow's declaration and honour idempotency keys first: a key
+//! names the run it started, a request refused after taking a key gives it
+//! back, and a sync replay answers the run's end, waiting for it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,17 +19,33 @@ use crate::observe::Event;
 use crate::queue::WorkQueue;
 use crate::state::{FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, StoreError};
 
+/// What a sync execute found: its own run, ended, or the run its
+/// idempotency key named already, as it stands.
+enum Executed {
+    Ran(FlowState),
+    Replayed(FlowState),
+}
+
 impl FlowRunner {
     /// Runs a new flow to its end and returns its final state. Step failures
-    /// are part of the state (status `failed`), not an `Err`.
+    /// are part of the state (status `failed`), not an `Err`. A replayed
+    /// idempotency key answers its run's end, waiting for it if it is still
+    /// pending or running (for as long as the caller waits).
     pub async fn execute(
         &self,
         def: Arc<FlowDefinition>,
         inputs: Map<String, Value>,
         ctx: FlowContext,
     ) -> Result<FlowState, RunError> {
-        self.detached(|r| async move { r.execute_here(def, inputs, ctx).await })
-            .await
+        let executed = self
+            .detached(|r| async move { r.execute_here(def, inputs, ctx).await })
+            .await?;
+        match executed {
+            Executed::Ran(state) => Ok(state),
+            // Waited for here, not in the detached task: a caller that stops
+            // waiting (a request's time limit) ends the wait.
+            Executed::Replayed(state) => self.await_end(state).await,
+        }
     }
 
     async fn execute_here(
@@ -35,11 +53,25 @@ impl FlowRunner {
         def: Arc<FlowDefinition>,
         inputs: Map<String, Value>,
         ctx: FlowContext,
-    ) -> Result<FlowState, RunError> {
+    ) -> Result<Executed, RunError> {
         let inputs = checked_inputs(&def, inputs)?;
         if let Some(earlier) = self.replayed(&def, &ctx).await? {
-            return Ok(earlier);
+            return Ok(Executed::Replayed(earlier));
         }
+        let (key, id) = (scoped_key(&def, &ctx), ctx.flow_id);
+        let result = self.execute_new(def, inputs, ctx).await;
+        if let Err(e) = &result {
+            self.give_key_back(key, id, e).await;
+        }
+        result.map(Executed::Ran)
+    }
+
+    async fn execute_new(
+        &self,
+        def: Arc<FlowDefinition>,
+        inputs: Map<String, Value>,
+        ctx: FlowContext,
+    ) -> Result<FlowState, RunError> {
         let guard = self.activate(ctx.flow_id)?;
         let mut state = self.new_state(&def, inputs, ctx, FlowStatus::Running);
         // The flow is recorded with its first write (see `drive`), which
@@ -117,35 +149,72 @@ impl FlowRunner {
         def: &FlowDefinition,
         ctx: &FlowContext,
     ) -> Result<Option<FlowState>, RunError> {
-        let Some(key) = &ctx.idempotency_key else {
+        let Some(key) = scoped_key(def, ctx) else {
             return Ok(None);
         };
-        let scoped = format!("{}:{key}", def.name);
-        let earlier = self
-            .inner
-            .store
-            .remember_key(&scoped, ctx.flow_id, self.inner.config.idempotency_ttl)
-            .await
-            .map_err(RunError::Store)?;
-        let Some(id) = earlier else {
-            return Ok(None);
-        };
-        // The earlier request may still be creating its run: wait briefly.
+        let ttl = self.inner.config.idempotency_ttl;
+        let store = &self.inner.store;
+        let mut named = None;
+        // The earlier request may still be creating its run, or be refused
+        // and give the key back: look again for a while.
         for _ in 0..50 {
-            if let Some(state) = self
-                .inner
-                .store
-                .get_flow(id)
+            let Some(id) = store
+                .remember_key(&key, ctx.flow_id, ttl)
                 .await
                 .map_err(RunError::Store)?
-            {
+            else {
+                return Ok(None);
+            };
+            if let Some(state) = store.get_flow(id).await.map_err(RunError::Store)? {
                 return Ok(Some(state));
             }
+            named = Some(id);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let id = named.expect("the key named a run");
         Err(RunError::Conflict(format!(
-            "idempotency key {key:?} names run {id}, which was never recorded; use another key"
+            "idempotency key {:?} names run {id}, which was never recorded; use another key",
+            ctx.idempotency_key.as_deref().unwrap_or_default()
         )))
+    }
+
+    /// Gives an idempotency key back after the request that took it was
+    /// refused, so that a retry of the request starts its run: unless the
+    /// run may have been recorded all the same (a store error).
+    async fn give_key_back(&self, key: Option<String>, id: FlowId, refusal: &RunError) {
+        let Some(key) = key else { return };
+        if matches!(refusal, RunError::Store(_) | RunError::Internal(_))
+            && !matches!(self.inner.store.get_flow(id).await, Ok(None))
+        {
+            return;
+        }
+        if let Err(e) = self.inner.store.forget_key(&key, id).await {
+            tracing::warn!(flow_id = %id, error = %e, "cannot give back the idempotency key of a refused request");
+        }
+    }
+
+    /// The end of a run that an earlier request started: at once when it is
+    /// over; otherwise when it ends here (its `finished` signal), or, while
+    /// it is pending or runs on another host, as the store shows it, looked
+    /// at with backoff. Unbounded: the caller bounds the wait.
+    async fn await_end(&self, mut state: FlowState) -> Result<FlowState, RunError> {
+        let id = state.flow_id;
+        let mut pause = Duration::from_millis(20);
+        while matches!(state.status, FlowStatus::Pending | FlowStatus::Running) {
+            let here = self.lock_active().get(&id).cloned();
+            match here {
+                Some(active) => {
+                    let mut finished = active.finished.subscribe();
+                    let _ = finished.wait_for(|f| *f).await;
+                }
+                None => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+            state = self.stored(id).await?;
+        }
+        Ok(state)
     }
 
     /// Starts a run in the background and returns once it is recorded
@@ -169,10 +238,15 @@ impl FlowRunner {
         if let Some(earlier) = self.replayed(&def, &ctx).await? {
             return Ok(earlier.flow_id);
         }
-        if let Some(queue) = &self.inner.queue {
-            return self.submit_shared(queue, &def, inputs, ctx).await;
+        let (key, id) = (scoped_key(&def, &ctx), ctx.flow_id);
+        let result = match &self.inner.queue {
+            Some(queue) => self.submit_shared(queue, &def, inputs, ctx).await,
+            None => self.submit_here(def, inputs, ctx).await,
+        };
+        if let Err(e) = &result {
+            self.give_key_back(key, id, e).await;
         }
-        self.submit_here(def, inputs, ctx).await
+        result
     }
 
     /// A submission run by this host alone: recorded pending, then run in a
@@ -294,6 +368,12 @@ impl FlowRunner {
         };
         Ok(read)
     }
+}
+
+/// An idempotency key as stored: scoped to the flow it was given for.
+fn scoped_key(def: &FlowDefinition, ctx: &FlowContext) -> Option<String> {
+    let key = ctx.idempotency_key.as_ref()?;
+    Some(format!("{}:{key}", def.name))
 }
 
 /// The inputs with defaults filled in, or every way they miss the

@@ -1,7 +1,9 @@
 //! One step, from its first attempt's `running` state (recorded by the
 //! scheduler) to its final state, which it returns for the scheduler to
 //! record: a cache lookup, then attempts under the step's retry policy, each
-//! ending in an `Attempt`. Only what happens between attempts is written here.
+//! ending in an `Attempt`. Only what happens between attempts is written here,
+//! held like the scheduler's writes: a retry whose start cannot be recorded
+//! is not made.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use serde_json::Value;
 
 use super::FlowRunner;
 use super::active::Active;
+use super::hold::Hold;
 use crate::executor::{Call, PluginError};
 use crate::flow::{FlowDefinition, StepDef};
 use crate::observe::Event;
@@ -89,8 +92,18 @@ impl FlowRunner {
         let mut tries = 0;
         loop {
             tries += 1;
-            if tries > 1 {
-                self.record_retry_start(flow_id, step, &mut st).await;
+            if tries > 1
+                && !self
+                    .record_retry_start(flow_id, step, &mut st, active)
+                    .await
+            {
+                // Not recorded running, so not made: the attempt stays due.
+                st.status = if active.is_cancelled() {
+                    StepStatus::Cancelled
+                } else {
+                    StepStatus::Pending
+                };
+                return st;
             }
             let attempt = self
                 .attempt(flow_id, step, &mut st, active, tries < policy.max_attempts)
@@ -124,9 +137,9 @@ impl FlowRunner {
         }
     }
 
-    /// Between two attempts: records the failed one, then waits out the
-    /// backoff. True when the flow was stopped meanwhile (`st` is then
-    /// cancelled, or left due for a resume).
+    /// Between two attempts: records the failed one (held while the store
+    /// is away), then waits out the backoff. True when the flow was stopped
+    /// meanwhile (`st` is then cancelled, or left due for a resume).
     async fn before_retry(
         &self,
         (def, step): (&FlowDefinition, &StepDef),
@@ -135,35 +148,44 @@ impl FlowRunner {
         active: &Active,
         delay: Duration,
     ) -> bool {
-        let r = self
-            .inner
-            .store
-            .save_step(flow_id, st, &FlowPatch::default())
+        let patch = FlowPatch::default();
+        let recorded = self
+            .save_held(flow_id, &[&*st], &patch, active, Hold::UntilStopped)
             .await;
-        self.record(flow_id, r);
-        self.observe(Event::StepRetried {
-            flow: &def.name,
-            step: &step.name,
-            plugin: &step.plugin,
-        });
-        tokio::select! {
-            () = tokio::time::sleep(delay) => false,
-            () = active.stop.cancelled() => {
-                if active.is_cancelled() {
-                    st.status = StepStatus::Cancelled;
-                } else {
-                    // Shutdown between attempts: the next attempt is due
-                    // and runs on resume.
-                    st.status = StepStatus::Pending;
-                    st.attempt += 1;
-                }
-                true
+        let waited = recorded && {
+            self.observe(Event::StepRetried {
+                flow: &def.name,
+                step: &step.name,
+                plugin: &step.plugin,
+            });
+            tokio::select! {
+                () = tokio::time::sleep(delay) => true,
+                () = active.stop.cancelled() => false,
             }
+        };
+        if waited {
+            return false;
         }
+        if active.is_cancelled() {
+            st.status = StepStatus::Cancelled;
+        } else {
+            // Stopped between attempts (a shutdown, a lost lease): the next
+            // attempt is due and runs on resume.
+            st.status = StepStatus::Pending;
+            st.attempt += 1;
+        }
+        true
     }
 
-    /// Records a retry's attempt running before its plugin is called.
-    async fn record_retry_start(&self, flow_id: FlowId, step: &StepDef, st: &mut FlowStepState) {
+    /// Records a retry's attempt running before its plugin is called (held
+    /// while the store is away); false when it could not be.
+    async fn record_retry_start(
+        &self,
+        flow_id: FlowId,
+        step: &StepDef,
+        st: &mut FlowStepState,
+        active: &Active,
+    ) -> bool {
         st.status = StepStatus::Running;
         st.started_at = Some(Utc::now());
         st.completed_at = None;
@@ -172,8 +194,8 @@ impl FlowRunner {
             current_step: Some(step.name.clone()),
             ..FlowPatch::default()
         };
-        let r = self.inner.store.save_step(flow_id, st, &patch).await;
-        self.record(flow_id, r);
+        self.save_held(flow_id, &[&*st], &patch, active, Hold::UntilStopped)
+            .await
     }
 
     /// One call of the step's plugin, its result written into `st`.
@@ -212,6 +234,10 @@ impl FlowRunner {
             Err(PluginError::Interrupted) => {
                 let (status, why) = if active.is_cancelled() {
                     (StepStatus::Cancelled, "cancelled while running")
+                } else if active.is_unrecorded() {
+                    // The store did not take the flow's state: it stopped
+                    // here, and nothing is recorded.
+                    (StepStatus::Pending, "interrupted: state store unreachable")
                 } else if active.lost.load(Ordering::SeqCst) {
                     // Another host runs the flow now; nothing is recorded.
                     (StepStatus::Pending, "interrupted: lease lost")

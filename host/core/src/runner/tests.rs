@@ -9,7 +9,10 @@
 //! not run again) and the conflicts they answer; a shutdown that pauses a
 //! flow, resumed by another runner; refused (fenced) writes stopping the
 //! flow; step and whole-flow cache hits and single-flight across concurrent
-//! flows; background submission and its limit; idempotency keys.
+//! flows; background submission and its limit; idempotency keys, given back
+//! by refused requests, and a sync replay answering its run's end; a store
+//! outage holding the flow (no step starts unrecorded) up to the hold limit;
+//! which plugin failures are retried.
 //!
 //! Every test asserts on the state recorded in the store, not only on what
 //! the runner returns. Helpers come first: the fake executor
@@ -404,13 +407,18 @@ impl Observer for Recorder {
 
 /// `MemoryStore` behind a wrapper that delegates every call and adds: the
 /// history of step states written, a signal on every write, the leases
-/// released, and fencing: after `fence_after(n)`, the step and header
-/// writes beyond the next `n` are refused with `StoreError::Fenced` and not
-/// applied, as a shared store does once another host took the lease.
+/// released, fencing: after `fence_after(n)`, the step and header writes
+/// beyond the next `n` are refused with `StoreError::Fenced` and not
+/// applied, as a shared store does once another host took the lease; and
+/// outages: while `set_outage(true)`, step and header writes fail with
+/// `StoreError::Unavailable`, as Redis does while it is down.
 struct TestStore {
     inner: MemoryStore,
     writes_left: AtomicUsize,
     refused: AtomicUsize,
+    outage: std::sync::atomic::AtomicBool,
+    /// Writes failed by the outage.
+    unavailable: AtomicUsize,
     history: Mutex<Vec<(FlowId, String, StepStatus, u32)>>,
     released: Mutex<Vec<FlowId>>,
     tick: watch::Sender<usize>,
@@ -422,6 +430,8 @@ impl TestStore {
             inner: MemoryStore::new(),
             writes_left: AtomicUsize::new(usize::MAX),
             refused: AtomicUsize::new(0),
+            outage: std::sync::atomic::AtomicBool::new(false),
+            unavailable: AtomicUsize::new(0),
             history: Mutex::new(Vec::new()),
             released: Mutex::new(Vec::new()),
             tick: watch::channel(0).0,
@@ -435,6 +445,22 @@ impl TestStore {
 
     fn refused(&self) -> usize {
         self.refused.load(Ordering::SeqCst)
+    }
+
+    /// Starts or ends an outage of step and header writes.
+    fn set_outage(&self, down: bool) {
+        self.outage.store(down, Ordering::SeqCst);
+    }
+
+    /// Waits until `n` writes have failed in outages.
+    async fn wait_unavailable(&self, n: usize) {
+        let mut rx = self.tick.subscribe();
+        within(&format!("{n} write(s) failed by the outage"), async {
+            while self.unavailable.load(Ordering::SeqCst) < n {
+                rx.changed().await.expect("the store lives");
+            }
+        })
+        .await;
     }
 
     fn released(&self) -> Vec<FlowId> {
@@ -452,6 +478,11 @@ impl TestStore {
     }
 
     fn admit(&self, id: FlowId) -> Result<(), StoreError> {
+        if self.outage.load(Ordering::SeqCst) {
+            self.unavailable.fetch_add(1, Ordering::SeqCst);
+            self.tick.send_modify(|n| *n += 1);
+            return Err(StoreError::Unavailable("test outage".into()));
+        }
         self.writes_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .map(drop)
@@ -546,6 +577,10 @@ impl StateStore for TestStore {
         ttl: Duration,
     ) -> Result<Option<FlowId>, StoreError> {
         self.inner.remember_key(key, id, ttl).await
+    }
+
+    async fn forget_key(&self, key: &str, id: FlowId) -> Result<bool, StoreError> {
+        self.inner.forget_key(key, id).await
     }
 
     fn backend(&self) -> &'static str {
@@ -1797,4 +1832,428 @@ async fn the_same_idempotency_key_gives_the_same_run() {
         .await;
     assert_ne!(other.flow_id, first.flow_id);
     assert_eq!(h.exec.calls("upper"), 2);
+}
+
+#[tokio::test]
+async fn a_key_refused_busy_is_given_back_and_its_retry_runs() {
+    let gate = Gate::new();
+    let exec = chain_plugins();
+    exec.set("upper", gated(&gate, upper));
+    let h = Harness::with_config(
+        exec,
+        &[CHAIN],
+        RunnerConfig {
+            max_async_in_flight: 1,
+            ..config()
+        },
+    );
+    let submit = |ctx: FlowContext| {
+        h.runner
+            .submit(h.def("chain"), obj(json!({"text": "q"})), ctx)
+    };
+    let keyed = || FlowContext {
+        idempotency_key: Some("order-9".into()),
+        ..FlowContext::new()
+    };
+    let first = submit(FlowContext::new()).await.unwrap();
+    let refused = keyed();
+    let refused_id = refused.flow_id;
+    let busy = submit(refused).await;
+    assert!(matches!(busy, Err(RunError::Busy { .. })), "{busy:?}");
+
+    gate.open();
+    h.wait_stored(first, "the first submission to finish", |s| {
+        s.status.is_finished()
+    })
+    .await;
+    within("the first flow to leave", async {
+        while h.runner.active_count() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    // The retry after Retry-After starts its run: the key was given back.
+    let retry = keyed();
+    let retry_id = retry.flow_id;
+    let id = submit(retry).await.expect("the retry is accepted");
+    assert_eq!(id, retry_id);
+    assert_ne!(id, refused_id);
+    let done = h
+        .wait_stored(id, "the retried submission to finish", |s| {
+            s.status.is_finished()
+        })
+        .await;
+    assert_eq!(done.status, FlowStatus::Completed);
+    assert_eq!(h.store.get_flow(refused_id).await.unwrap(), None);
+    // And the key names it now.
+    assert_eq!(submit(keyed()).await.unwrap(), id);
+}
+
+#[tokio::test]
+async fn a_key_refused_for_a_taken_flow_id_is_given_back() {
+    let h = Harness::new(chain_plugins(), &[CHAIN]);
+    let other = h.run("chain", json!({"text": "first"})).await;
+    let keyed = || FlowContext {
+        idempotency_key: Some("order-10".into()),
+        ..FlowContext::new()
+    };
+    let taken = FlowContext {
+        flow_id: other.flow_id,
+        ..keyed()
+    };
+    let refused = h
+        .runner
+        .submit(h.def("chain"), obj(json!({"text": "again"})), taken)
+        .await;
+    assert!(
+        matches!(refused, Err(RunError::DuplicateId(id)) if id == other.flow_id),
+        "{refused:?}"
+    );
+    let refused = h
+        .runner
+        .execute(
+            h.def("chain"),
+            obj(json!({"text": "again"})),
+            FlowContext {
+                flow_id: other.flow_id,
+                ..keyed()
+            },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(RunError::DuplicateId(_))),
+        "{refused:?}"
+    );
+
+    // Resent without the flow id, the key starts a run of its own.
+    let ctx = keyed();
+    let fresh = ctx.flow_id;
+    let run = h.run_with("chain", json!({"text": "again"}), ctx).await;
+    assert_eq!(run.flow_id, fresh, "the key named the other flow's run");
+    assert_eq!(run.outputs, Some(json!({"text": "AGAIN!", "length": 6})));
+    assert_eq!(h.stored(other.flow_id).await.outputs, other.outputs);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_replay_of_a_running_key_answers_the_runs_end() {
+    let gate = Gate::new();
+    let exec = chain_plugins();
+    exec.set("upper", gated(&gate, upper));
+    let h = Harness::new(exec, &[CHAIN]);
+    let keyed = || FlowContext {
+        idempotency_key: Some("order-11".into()),
+        ..FlowContext::new()
+    };
+    let first = keyed();
+    let id = first.flow_id;
+    let (runner, def) = (h.runner.clone(), h.def("chain"));
+    let original =
+        tokio::spawn(async move { runner.execute(def, obj(json!({"text": "r"})), first).await });
+    h.exec.wait_calls("upper", 1).await;
+
+    let (runner, def) = (h.runner.clone(), h.def("chain"));
+    let mut replay = tokio::spawn(async move {
+        runner
+            .execute(def, obj(json!({"text": "r"})), keyed())
+            .await
+    });
+    // On the paused clock, time only moves once every task waits: the replay
+    // has done all it can and is still waiting for the run.
+    let early = tokio::time::timeout(Duration::from_secs(60), &mut replay).await;
+    assert!(
+        early.is_err(),
+        "the replay answered before the run ended: {:?}",
+        early.map(|r| r.unwrap().map(|s| s.status))
+    );
+
+    gate.open();
+    let replayed = within("the replay", replay).await.unwrap().unwrap();
+    let ended = within("the original", original).await.unwrap().unwrap();
+    assert_eq!(replayed.flow_id, id);
+    assert_eq!(replayed.status, FlowStatus::Completed);
+    assert_eq!(replayed.outputs, Some(json!({"text": "R!", "length": 2})));
+    assert_eq!(replayed, ended);
+    assert_eq!(h.exec.calls("upper"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_replay_of_a_key_run_elsewhere_waits_for_the_store() {
+    let h = Harness::new(chain_plugins(), &[CHAIN]);
+    // A run another host started: recorded running, not active here.
+    let elsewhere = h.another_runner(config());
+    let ctx = FlowContext {
+        idempotency_key: Some("order-12".into()),
+        ..FlowContext::new()
+    };
+    let id = ctx.flow_id;
+    let gate = Gate::new();
+    h.exec.set("upper", gated(&gate, upper));
+    let (runner, def) = (elsewhere.clone(), h.def("chain"));
+    let original =
+        tokio::spawn(async move { runner.execute(def, obj(json!({"text": "e"})), ctx).await });
+    h.exec.wait_calls("upper", 1).await;
+    // The replay comes to a runner where the run is not active: it reads
+    // the store until the run ends.
+    let fresh = new_runner(&h.exec, &h.flows, &h.store, &h.cache, &h.events, config());
+    let def = h.def("chain");
+    let mut replay = tokio::spawn(async move {
+        let ctx = FlowContext {
+            idempotency_key: Some("order-12".into()),
+            ..FlowContext::new()
+        };
+        fresh.execute(def, obj(json!({"text": "e"})), ctx).await
+    });
+    let early = tokio::time::timeout(Duration::from_secs(60), &mut replay).await;
+    assert!(early.is_err(), "the replay answered before the run ended");
+    gate.open();
+    let replayed = within("the replay", replay).await.unwrap().unwrap();
+    let ended = within("the original", original).await.unwrap().unwrap();
+    assert_eq!(replayed.flow_id, id);
+    assert_eq!(replayed.status, FlowStatus::Completed);
+    assert_eq!(replayed, ended);
+}
+
+// ---------------------------------------------------------------------------
+// Store outages: no step starts whose start could not be recorded
+// ---------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_is_held_while_the_store_is_down_and_goes_on_when_it_returns() {
+    use StepStatus::{Completed, Running};
+    let gate = Gate::new();
+    let exec = chain_plugins();
+    exec.set("upper", gated(&gate, upper));
+    let h = Harness::new(exec, &[CHAIN]);
+    let (id, run) = h.spawn_run("chain", json!({"text": "hold"}));
+    h.exec.wait_calls("upper", 1).await;
+
+    // `a` ends while the store is down: its end and `b`'s start cannot be
+    // recorded, so `b` does not start.
+    h.store.set_outage(true);
+    gate.open();
+    h.store.wait_unavailable(4).await;
+    assert_eq!(
+        h.exec.calls("exclaim"),
+        0,
+        "step b started although its start was not recorded"
+    );
+    let held = h.stored(id).await;
+    assert_eq!(held.steps["a"].status, Running);
+    assert_eq!(held.steps["b"].status, StepStatus::Pending);
+
+    h.store.set_outage(false);
+    let end = within("the run", run).await.unwrap().unwrap();
+    assert_eq!(end.status, FlowStatus::Completed);
+    assert_eq!(end.outputs, Some(json!({"text": "HOLD!", "length": 5})));
+    assert_eq!(
+        (
+            h.exec.calls("upper"),
+            h.exec.calls("exclaim"),
+            h.exec.calls("count")
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(h.stored(id).await, end);
+    assert_eq!(
+        h.store.history(id),
+        rows(&[
+            ("a", Running, 1),
+            ("a", Completed, 1),
+            ("b", Running, 1),
+            ("b", Completed, 1),
+            ("c", Running, 1),
+            ("c", Completed, 1),
+        ])
+    );
+    assert!(h.events.count("StateWriteFailed") >= 4);
+    assert_eq!(h.events.count("LeaseLost"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_the_store_cannot_take_past_the_hold_limit_stops_here_unrecorded() {
+    let gate = Gate::new();
+    let exec = chain_plugins();
+    exec.set("upper", gated(&gate, upper));
+    let h = Harness::new(exec, &[CHAIN]);
+    h.runner.set_hold_limit(Duration::from_secs(3));
+    let (id, run) = h.spawn_run("chain", json!({"text": "gone"}));
+    h.exec.wait_calls("upper", 1).await;
+    h.store.set_outage(true);
+    let held_at = Instant::now();
+    gate.open();
+
+    let end = within("the run", run).await.unwrap();
+    let held = held_at.elapsed();
+    assert!(
+        matches!(&end, Err(RunError::Store(StoreError::Unavailable(_)))),
+        "{end:?}"
+    );
+    assert!(held >= Duration::from_secs(3), "held only {held:?}");
+    assert_eq!(h.exec.calls("exclaim"), 0, "nothing more started");
+    assert_eq!(h.runner.active_count(), 0);
+    assert_eq!(h.events.count("FlowEnded"), 0);
+    // It stays as last recorded: running, `a` running, for whichever host
+    // takes it over; it is not recorded failed anywhere.
+    h.store.set_outage(false);
+    let stored = h.stored(id).await;
+    assert_eq!(stored.status, FlowStatus::Running);
+    assert_eq!(stored.steps["a"].status, StepStatus::Running);
+    assert_eq!(stored.steps["b"].status, StepStatus::Pending);
+
+    // Taken over once the store is back: `a`, whose end was never recorded,
+    // runs again; the rest once.
+    let resumed = within("the resume", h.runner.resume_flow(id))
+        .await
+        .unwrap();
+    assert_eq!(resumed.status, FlowStatus::Completed);
+    assert_eq!(
+        (
+            h.exec.calls("upper"),
+            h.exec.calls("exclaim"),
+            h.exec.calls("count")
+        ),
+        (2, 1, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_whose_start_cannot_be_recorded_waits_for_the_store() {
+    use StepStatus::{Completed, Failed, Running};
+    const FLAKY: &str = r#"
+name: flaky
+steps:
+  - name: a
+    plugin: flaky
+    retry: {max_attempts: 3, initial_delay_ms: 10}
+"#;
+    let gate = Gate::new();
+    let held = gate.clone();
+    let exec = FakeExecutor::new().with(
+        "flaky",
+        false,
+        script(move |call| {
+            let gate = held.clone();
+            async move {
+                gate.wait().await;
+                if call.nth == 1 {
+                    Err(PluginError::Retryable("busy".into()))
+                } else {
+                    Ok(json!({"ok": true}))
+                }
+            }
+        }),
+    );
+    let h = Harness::new(exec, &[FLAKY]);
+    let (id, run) = h.spawn_run("flaky", json!({}));
+    h.exec.wait_calls("flaky", 1).await;
+    h.store.set_outage(true);
+    gate.open();
+    h.store.wait_unavailable(4).await;
+    assert_eq!(h.exec.calls("flaky"), 1, "a retry started unrecorded");
+
+    h.store.set_outage(false);
+    let end = within("the run", run).await.unwrap().unwrap();
+    assert_eq!(end.status, FlowStatus::Completed);
+    assert_eq!(h.exec.calls("flaky"), 2);
+    assert_eq!(
+        h.store.history(id),
+        rows(&[
+            ("a", Running, 1),
+            ("a", Failed, 1),
+            ("a", Running, 2),
+            ("a", Completed, 2),
+        ])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Which failures are retried
+// ---------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_traps_and_panics_are_retried_limits_and_verdicts_are_not() {
+    use std::time::Duration as D;
+    /// A failure's kind, how to make one, and whether it is retried.
+    type Kind = (&'static str, fn() -> PluginError, bool);
+    let kinds: Vec<Kind> = vec![
+        ("retryable", || PluginError::Retryable("busy".into()), true),
+        ("timed_out", || PluginError::TimedOut(D::from_secs(1)), true),
+        (
+            "trapped",
+            || PluginError::Trapped {
+                kind: "integer_divide_by_zero".into(),
+                message: "divide by zero".into(),
+            },
+            true,
+        ),
+        ("panicked", || PluginError::Panicked("boom".into()), true),
+        (
+            "instantiate",
+            || PluginError::Instantiate("busy".into()),
+            true,
+        ),
+        (
+            "invalid_input",
+            || PluginError::InvalidInput("no".into()),
+            false,
+        ),
+        ("failed", || PluginError::Failed("no".into()), false),
+        (
+            "invalid_output",
+            || PluginError::InvalidOutput("x".into()),
+            false,
+        ),
+        (
+            "out_of_memory",
+            || PluginError::OutOfMemory {
+                wanted: 2,
+                limit: 1,
+            },
+            false,
+        ),
+        ("stack_exhausted", || PluginError::StackExhausted, false),
+        ("fuel_exhausted", || PluginError::FuelExhausted(10), false),
+        (
+            "input_too_large",
+            || PluginError::InputTooLarge { size: 2, limit: 1 },
+            false,
+        ),
+        (
+            "output_too_large",
+            || PluginError::OutputTooLarge { size: 2, limit: 1 },
+            false,
+        ),
+        (
+            "capability_denied",
+            || PluginError::CapabilityDenied {
+                capability: "http",
+                detail: "example.com".into(),
+                plugin_said: "refused".into(),
+            },
+            false,
+        ),
+    ];
+    let mut exec = FakeExecutor::new();
+    let mut yaml = String::from("name: kinds\nsteps:\n");
+    for (kind, error, _) in &kinds {
+        exec = exec.with(kind, false, fail(*error));
+        yaml.push_str(&format!(
+            "  - name: {kind}\n    plugin: {kind}\n    retry: {{max_attempts: 2, initial_delay_ms: 1}}\n"
+        ));
+    }
+    let h = Harness::new(exec, &[yaml.as_str()]);
+    let end = h.run("kinds", json!({})).await;
+    let stored = h.stored(end.flow_id).await;
+    for (kind, _, retried) in &kinds {
+        let step = &stored.steps[*kind];
+        assert_eq!(step.error_kind.as_deref(), Some(*kind));
+        let calls = h.exec.calls(kind);
+        assert_eq!(
+            (calls, step.attempt),
+            if *retried { (2, 2) } else { (1, 1) },
+            "`{kind}` is {}retried",
+            if *retried { "" } else { "not " }
+        );
+    }
 }

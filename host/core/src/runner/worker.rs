@@ -2,7 +2,9 @@
 //! to `max_running` flows at once, renew the leases of the flows it runs
 //! (stopping any whose lease was lost), and take over the flows of hosts
 //! that are gone: deliveries left unfinished past a lease's life, and flows
-//! left running or paused without a lease.
+//! left running or paused without a lease. A one-off run (`flowhost run`)
+//! renews its lease only. Either way, a flow is held waiting for the store
+//! at most one lease's life (`hold.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +34,20 @@ pub fn spawn(
     store: Arc<dyn StateStore>,
     settings: QueueSettings,
 ) {
+    runner.set_hold_limit(settings.lease_ttl);
     tokio::spawn(take_loop(runner.clone(), queue.clone(), settings.clone()));
-    tokio::spawn(renew_loop(runner.clone(), store, settings.clone()));
+    tokio::spawn(renew_loop(runner.clone(), store, settings.lease_ttl));
     if settings.reclaim {
         tokio::spawn(reclaim_loop(runner, queue, settings));
     }
+}
+
+/// Starts the renew loop alone, for a runner that runs its own flows and
+/// takes none from the queue (`flowhost run`): the leases it takes stay
+/// its own for as long as it runs, however long a step takes.
+pub fn spawn_renewal(runner: FlowRunner, store: Arc<dyn StateStore>, lease_ttl: Duration) {
+    runner.set_hold_limit(lease_ttl);
+    tokio::spawn(renew_loop(runner, store, lease_ttl));
 }
 
 fn free_slots(runner: &FlowRunner, settings: &QueueSettings) -> usize {
@@ -98,8 +109,8 @@ async fn run_delivery(runner: FlowRunner, queue: Arc<dyn WorkQueue>, delivery: D
     }
 }
 
-async fn renew_loop(runner: FlowRunner, store: Arc<dyn StateStore>, settings: QueueSettings) {
-    let every = settings.lease_ttl / 3;
+async fn renew_loop(runner: FlowRunner, store: Arc<dyn StateStore>, lease_ttl: Duration) {
+    let every = lease_ttl / 3;
     while !runner.is_draining() {
         tokio::time::sleep(every).await;
         match store.renew_claims().await {

@@ -127,6 +127,10 @@ pub trait StateStore: Send + Sync {
         id: FlowId,
         ttl: std::time::Duration,
     ) -> Result<Option<FlowId>, StoreError>;
+    /// Gives an idempotency key back: removes it if it still maps to `id`
+    /// (a request refused after `remember_key` leaves no trace), and leaves
+    /// it alone when it maps to another flow or to none. True when removed.
+    async fn forget_key(&self, key: &str, id: FlowId) -> Result<bool, StoreError>;
     /// Short name of the backend that serves requests now.
     fn backend(&self) -> &'static str;
     /// True while the store runs on a fallback instead of its configured
