@@ -66,7 +66,8 @@ pub enum Event<'a> {
         by: &'static str,
         removed: u64,
     },
-    /// A state write failed; the flow went on.
+    /// A state write failed. A write the flow waits for is tried again, and
+    /// each try that fails is one event.
     StateWriteFailed,
     /// A state write was refused: another host holds the flow's lease.
     WriteFenced,

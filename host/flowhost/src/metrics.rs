@@ -255,7 +255,7 @@ impl Metrics {
         let state_write_errors = Counter::default();
         registry.register(
             "flowhost_state_write_errors",
-            "State writes that failed; the flow went on without them",
+            "State writes that failed; each try of a write held while Redis is away counts",
             state_write_errors.clone(),
         );
         let degraded = Gauge::default();
