@@ -231,6 +231,17 @@ pub struct LimitsConfig {
     /// An API request taking longer is answered 408 (a flow it started
     /// keeps running; poll its status).
     pub request_timeout_ms: u64,
+    /// A request body must arrive whole within this time once its head has,
+    /// else 408: a client announcing a body it does not send holds a
+    /// connection this long, not `request_timeout_ms`.
+    pub body_timeout_ms: u64,
+    /// Connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Longest request URI (path and query); longer ones are answered 414.
+    pub max_uri_bytes: usize,
+    /// Largest request head (request line and header fields); larger ones
+    /// are answered 431.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -303,6 +314,10 @@ impl Default for LimitsConfig {
             compile_timeout_ms: 60_000,
             max_request_bytes: 8 << 20,
             request_timeout_ms: 300_000,
+            body_timeout_ms: 5_000,
+            max_connections: 1024,
+            max_uri_bytes: 8 << 10,
+            max_header_bytes: 64 << 10,
         }
     }
 }
@@ -459,11 +474,22 @@ impl Config {
             l.compile_timeout_ms,
             l.http_timeout_ms,
             l.request_timeout_ms,
+            l.body_timeout_ms,
         ]
         .contains(&0)
             || l.max_instances == 0
+            || l.max_connections == 0
         {
-            return invalid("limits: every *_timeout_ms and max_instances must be above 0".into());
+            return invalid(
+                "limits: every *_timeout_ms, max_instances and max_connections must be above 0"
+                    .into(),
+            );
+        }
+        if l.max_uri_bytes < 256 || l.max_header_bytes < 1024 {
+            return invalid(
+                "limits: max_uri_bytes must be at least 256 and max_header_bytes at least 1024"
+                    .into(),
+            );
         }
         if l.plugin_memory_bytes > l.max_plugin_memory_bytes {
             return invalid(format!(

@@ -19,6 +19,11 @@ impl RedisStore {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(cache_unavailable)?;
+        if keys.is_empty() {
+            // Nothing indexed: an empty pipeline would be sent as an empty
+            // command, which Redis refuses.
+            return Ok(0);
+        }
         let mut pipe = redis::pipe();
         for key in &keys {
             // One DEL per entry: on a cluster the entries live on many slots.

@@ -64,6 +64,7 @@ pub(super) struct InvalidateQuery {
     responses(
         (status = 200, description = "{\"removed\": n}", body = Object),
         (status = 400, description = "Not exactly one of plugin, flow, key", body = ErrorBody),
+        (status = 503, description = "The cache is unavailable", body = ErrorBody),
     )
 )]
 pub(super) async fn invalidate_cache(
@@ -99,7 +100,11 @@ pub(super) struct PruneQuery {
     delete,
     path = "/api/v1/admin/flows",
     params(PruneQuery),
-    responses((status = 200, description = "{\"removed\": n}", body = Object), (status = 400, body = ErrorBody))
+    responses(
+        (status = 200, description = "{\"removed\": n}", body = Object),
+        (status = 400, description = "older_than missing or not a duration", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable", body = ErrorBody),
+    )
 )]
 pub(super) async fn prune_flows(
     State(app): AppState,

@@ -1,6 +1,6 @@
-//! Who may call the API (the configured bearer tokens, compared in constant
-//! time; `/metrics` and `/healthz` open unless protected) and the time limit
-//! on every request.
+//! Who may call the API: the configured bearer tokens, compared in constant
+//! time (the scheme in any case); `/metrics` and `/healthz` open unless
+//! protected.
 
 use std::sync::Arc;
 
@@ -21,19 +21,6 @@ pub(super) struct Auth {
 /// Refuses a request without one of the configured bearer tokens (when any
 /// is configured), except `/metrics` and `/healthz` unless they are
 /// protected too.
-/// Answers 408 to a request still unanswered after `limits.request_timeout_ms`.
-pub(super) async fn time_limit(
-    State(limit_ms): State<u64>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let limit = std::time::Duration::from_millis(limit_ms);
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::TimedOut(limit_ms).into_response(),
-    }
-}
-
 pub(super) async fn require_token(
     State(auth): State<Auth>,
     request: axum::extract::Request,
@@ -49,7 +36,7 @@ pub(super) async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     // Every token is compared in full, so the time taken does not tell how
     // much of a guess was right.
     let valid = given.is_some_and(|g| {
@@ -64,6 +51,29 @@ pub(super) async fn require_token(
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme is
+/// case-insensitive and may be followed by several spaces (RFC 9110, 11.4).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        for value in ["Bearer t1", "bearer t1", "BEARER t1", "bEaReR   t1"] {
+            assert_eq!(bearer_token(value), Some("t1"), "{value}");
+        }
+        for value in ["Basic t1", "Bearer", "Bearer ", "Bearert1", "t1"] {
+            assert_eq!(bearer_token(value), None, "{value}");
+        }
+    }
 }

@@ -19,6 +19,27 @@ pub enum ApiError {
     BadFlowId(String),
     #[error("request body is not valid: {0}")]
     BadBody(String),
+    #[error("{0}; percent-encode names and ids as UTF-8")]
+    BadPath(String),
+    #[error("the request is not valid HTTP/1.1: check the request line and the header fields")]
+    BadRequest,
+    #[error("{method} is not allowed on {path}: the Allow header lists the methods it takes")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the request body is over {0} bytes (limits.max_request_bytes): send a smaller body")]
+    BodyTooLarge(usize),
+    #[error(
+        "the request body did not arrive within {0} ms (limits.body_timeout_ms): send the \
+         whole body at once, with a Content-Length that matches it"
+    )]
+    BodyTimedOut(u64),
+    #[error("the URI is over {0} bytes (limits.max_uri_bytes): send long values in the body")]
+    UriTooLong(usize),
+    #[error(
+        "the request line and header fields are over {bytes} bytes \
+         (limits.max_header_bytes) or {fields} fields: send fewer or shorter header fields \
+         and a shorter URI"
+    )]
+    HeadersTooLarge { bytes: usize, fields: usize },
     #[error("invalid inputs")]
     InvalidInputs(Vec<String>),
     #[error("{0}")]
@@ -58,6 +79,18 @@ impl ApiError {
             ApiError::RunNotFound { .. } => (StatusCode::NOT_FOUND, "run_not_found"),
             ApiError::BadFlowId(_) => (StatusCode::BAD_REQUEST, "bad_flow_id"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            ApiError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
+            ApiError::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BodyTimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "body_timed_out"),
+            ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            ApiError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
             ApiError::InvalidInputs(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_inputs"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::UnknownStep { .. } => (StatusCode::NOT_FOUND, "unknown_step"),
@@ -135,11 +168,12 @@ pub struct ErrorBody {
     pub details: Option<Vec<String>>,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the JSON body this error answers.
+    fn answer(&self) -> (StatusCode, ErrorBody) {
         let (status, code) = self.parts();
         if status.is_server_error() {
-            let cause = std::error::Error::source(&self)
+            let cause = std::error::Error::source(self)
                 .map(|s| format!("{s:#}"))
                 .unwrap_or_default();
             tracing::error!(code, %cause, "request failed");
@@ -147,11 +181,32 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.to_string(),
             code: code.to_owned(),
-            details: match &self {
+            details: match self {
                 ApiError::InvalidInputs(problems) => Some(problems.clone()),
                 _ => None,
             },
         };
+        (status, body)
+    }
+
+    /// The whole HTTP/1.1 response, bytes ready for the socket, for answers
+    /// written below axum (in place of hyper's own empty ones); the
+    /// connection closes after it.
+    pub(super) fn raw_response(&self) -> Vec<u8> {
+        let (status, body) = self.answer();
+        let json = serde_json::to_string(&body).unwrap_or_default();
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{json}",
+            json.len()
+        )
+        .into_bytes()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.answer();
         let mut response = (status, Json(body)).into_response();
         if let ApiError::Busy {
             retry_after_secs, ..

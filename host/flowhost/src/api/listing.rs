@@ -1,7 +1,7 @@
 //! Reading many runs of a flow: the paged listing (active-flows) and the
 //! analytics computed over a time window of stored runs.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Json;
 use chrono::{DateTime, Utc};
 use flowhost_core::state::{FlowStatus, ListFilter};
@@ -10,9 +10,10 @@ use serde_json::Value;
 
 use super::runs::flow_def;
 use super::views::{RunPage, RunSummary};
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, PathParams};
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ActiveQuery {
     /// Comma-separated statuses; default `pending,running,paused`; `all` for every status.
@@ -22,8 +23,10 @@ pub(super) struct ActiveQuery {
     /// Only runs started before this RFC 3339 time.
     started_before: Option<DateTime<Utc>>,
     /// At most this many runs (1 to 1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]+$")]
     cursor: Option<String>,
 }
 
@@ -32,12 +35,17 @@ pub(super) struct ActiveQuery {
 #[utoipa::path(
     get,
     path = "/api/v1/{flow}/active-flows",
-    params(("flow" = String, Path), ActiveQuery),
-    responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+    params(("flow" = String, Path, example = "document_analysis"), ActiveQuery),
+    responses(
+        (status = 200, body = RunPage),
+        (status = 400, description = "Bad status, time, limit or cursor", body = ErrorBody),
+        (status = 404, description = "Unknown flow", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable", body = ErrorBody),
+    )
 )]
 pub(super) async fn active_flows(
     State(app): AppState,
-    Path(flow): Path<String>,
+    PathParams(flow): PathParams<String>,
     query: Result<Query<ActiveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RunPage>, ApiError> {
     let def = flow_def(&app, &flow)?;
@@ -99,9 +107,11 @@ pub(super) async fn active_flows(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AnalyticsQuery {
-    /// How far back to look: 30s, 15m, 1h (the default), 7d.
+    /// How far back to look: 30s, 15m, 1h (the default), 7d; at most 366d.
+    #[param(pattern = "^[0-9]+[smhd]$")]
     window: Option<String>,
 }
 
@@ -114,16 +124,17 @@ const ANALYTICS_RUNS: usize = 1000;
 #[utoipa::path(
     get,
     path = "/api/v1/{flow}/analytics",
-    params(("flow" = String, Path), AnalyticsQuery),
+    params(("flow" = String, Path, example = "document_analysis"), AnalyticsQuery),
     responses(
         (status = 200, description = "See the analytics module for the fields", body = Object),
         (status = 400, description = "Bad window", body = ErrorBody),
         (status = 404, description = "Unknown flow", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable", body = ErrorBody),
     )
 )]
 pub(super) async fn analytics(
     State(app): AppState,
-    Path(flow): Path<String>,
+    PathParams(flow): PathParams<String>,
     query: Result<Query<AnalyticsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let def = flow_def(&app, &flow)?;

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
 use flowhost_core::flow::FlowDefinition;
@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::views::{FlowRunView, Submitted, flow_view};
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, PathParams};
 use crate::app::App;
 
 /// The body of `execute`: the flow's inputs, and optionally its id and
@@ -31,6 +31,7 @@ pub(super) struct ExecuteRequest {
     inputs: Map<String, Value>,
     /// A UUID for the run; one is generated when absent.
     #[serde(default)]
+    #[schema(value_type = Option<uuid::Uuid>)]
     flow_id: Option<String>,
     /// Recorded with the run.
     #[serde(default)]
@@ -92,13 +93,13 @@ fn in_flow(flow: &str, raw_id: &str, e: RunError) -> ApiError {
     post,
     path = "/api/v1/{flow}/execute",
     params(
-        ("flow" = String, Path, description = "The flow's name"),
+        ("flow" = String, Path, description = "The flow's name", example = "document_analysis"),
         ("Idempotency-Key" = Option<String>, Header, description = "The same key gives the same run"),
     ),
     request_body = ExecuteRequest,
     responses(
         (status = 200, description = "The run ended: completed, failed, paused or cancelled", body = FlowRunView),
-        (status = 400, description = "Malformed body or flow id", body = ErrorBody),
+        (status = 400, description = "Malformed body, flow id or Idempotency-Key", body = ErrorBody),
         (status = 404, description = "Unknown flow", body = ErrorBody),
         (status = 409, description = "flow_id already used", body = ErrorBody),
         (status = 422, description = "Inputs that do not match the flow's declaration", body = ErrorBody),
@@ -107,7 +108,7 @@ fn in_flow(flow: &str, raw_id: &str, e: RunError) -> ApiError {
 )]
 pub(super) async fn execute(
     State(app): AppState,
-    Path(flow): Path<String>,
+    PathParams(flow): PathParams<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<FlowRunView>, ApiError> {
@@ -131,11 +132,19 @@ fn execute_request(
             metadata: Map::new(),
         }
     } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::BadBody(format!(
-                "{e}; send a JSON object such as {{\"inputs\": {{\"text\": \"...\"}}}}"
-            ))
-        })?
+        let example = "send a JSON object such as {\"inputs\": {\"text\": \"...\"}}";
+        // Read as an object first: serde would take a JSON array for the
+        // struct, field by field in order.
+        let object: Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
+            let found = match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Array(_)) => "an array".to_owned(),
+                Ok(other) => format!("{other}"),
+                Err(_) => return ApiError::BadBody(format!("{e}; {example}")),
+            };
+            ApiError::BadBody(format!("expected a JSON object, found {found}; {example}"))
+        })?;
+        serde_json::from_value(Value::Object(object))
+            .map_err(|e| ApiError::BadBody(format!("{e}; {example}")))?
     };
     let mut ctx = FlowContext::new();
     if let Some(raw) = &request.flow_id {
@@ -167,22 +176,23 @@ fn execute_request(
     post,
     path = "/api/v1/{flow}/execute-async",
     params(
-        ("flow" = String, Path, description = "The flow's name"),
+        ("flow" = String, Path, description = "The flow's name", example = "document_analysis"),
         ("Idempotency-Key" = Option<String>, Header, description = "The same key gives the same run"),
     ),
     request_body = ExecuteRequest,
     responses(
         (status = 202, description = "Accepted: the run is recorded and starts in the background", body = Submitted),
-        (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody),
+        (status = 400, description = "Malformed body, flow id or Idempotency-Key", body = ErrorBody),
+        (status = 404, description = "Unknown flow", body = ErrorBody),
+        (status = 409, description = "flow_id already used", body = ErrorBody),
+        (status = 422, description = "Inputs that do not match the flow's declaration", body = ErrorBody),
         (status = 429, description = "Too many runs in flight; see Retry-After", body = ErrorBody),
         (status = 503, description = "Redis unreachable, or shutting down", body = ErrorBody),
     )
 )]
 pub(super) async fn execute_async(
     State(app): AppState,
-    Path(flow): Path<String>,
+    PathParams(flow): PathParams<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
@@ -207,16 +217,17 @@ pub(super) async fn execute_async(
 #[utoipa::path(
     get,
     path = "/api/v1/{flow}/status/{flow_id}",
-    params(("flow" = String, Path), ("flow_id" = String, Path, description = "The run's UUID")),
+    params(("flow" = String, Path, example = "document_analysis"), ("flow_id" = uuid::Uuid, Path, description = "The run's UUID")),
     responses(
         (status = 200, body = FlowRunView),
         (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown flow or run", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable", body = ErrorBody),
     )
 )]
 pub(super) async fn status(
     State(app): AppState,
-    Path((flow, raw_id)): Path<(String, String)>,
+    PathParams((flow, raw_id)): PathParams<(String, String)>,
 ) -> Result<Json<FlowRunView>, ApiError> {
     let (def, state) = stored_run(&app, &flow, &raw_id).await?;
     Ok(Json(flow_view(&def, &state, true)))
@@ -227,16 +238,18 @@ pub(super) async fn status(
 #[utoipa::path(
     post,
     path = "/api/v1/{flow}/resume/{flow_id}",
-    params(("flow" = String, Path), ("flow_id" = String, Path)),
+    params(("flow" = String, Path, example = "document_analysis"), ("flow_id" = uuid::Uuid, Path, description = "The run's UUID")),
     responses(
         (status = 200, body = FlowRunView),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown flow or run", body = ErrorBody),
         (status = 409, description = "Completed, cancelled, or running here now", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the state store is unavailable", body = ErrorBody),
     )
 )]
 pub(super) async fn resume(
     State(app): AppState,
-    Path((flow, raw_id)): Path<(String, String)>,
+    PathParams((flow, raw_id)): PathParams<(String, String)>,
 ) -> Result<Json<FlowRunView>, ApiError> {
     control(&app, &flow, &raw_id, |r, id| async move {
         r.resume_flow(id).await
@@ -248,16 +261,22 @@ pub(super) async fn resume(
 #[utoipa::path(
     post,
     path = "/api/v1/{flow}/retry/{flow_id}/{step}",
-    params(("flow" = String, Path), ("flow_id" = String, Path), ("step" = String, Path)),
+    params(
+        ("flow" = String, Path, example = "document_analysis"),
+        ("flow_id" = uuid::Uuid, Path, description = "The run's UUID"),
+        ("step" = String, Path),
+    ),
     responses(
         (status = 200, body = FlowRunView),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown flow, run or step", body = ErrorBody),
-        (status = 409, description = "The step has not failed", body = ErrorBody),
+        (status = 409, description = "The step has not failed, or the run is running here now", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the state store is unavailable", body = ErrorBody),
     )
 )]
 pub(super) async fn retry(
     State(app): AppState,
-    Path((flow, raw_id, step)): Path<(String, String, String)>,
+    PathParams((flow, raw_id, step)): PathParams<(String, String, String)>,
 ) -> Result<Json<FlowRunView>, ApiError> {
     control(&app, &flow, &raw_id, |r, id| async move {
         r.retry_step(id, &step).await
@@ -270,16 +289,18 @@ pub(super) async fn retry(
 #[utoipa::path(
     delete,
     path = "/api/v1/{flow}/flows/{flow_id}",
-    params(("flow" = String, Path), ("flow_id" = String, Path)),
+    params(("flow" = String, Path, example = "document_analysis"), ("flow_id" = uuid::Uuid, Path, description = "The run's UUID")),
     responses(
         (status = 200, body = FlowRunView),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown flow or run", body = ErrorBody),
         (status = 409, description = "The run completed already", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable", body = ErrorBody),
     )
 )]
 pub(super) async fn cancel(
     State(app): AppState,
-    Path((flow, raw_id)): Path<(String, String)>,
+    PathParams((flow, raw_id)): PathParams<(String, String)>,
 ) -> Result<Json<FlowRunView>, ApiError> {
     control(&app, &flow, &raw_id, |r, id| async move {
         r.cancel_flow(id).await
