@@ -305,9 +305,30 @@ pub struct Host {
 }
 
 impl Host {
-    /// Starts `flowhost serve` with `env` on a free port and waits for
-    /// `/healthz`.
+    /// Starts `flowhost serve` with `env` on a free port and waits until it
+    /// listens and `/healthz` says no plugin file is still loading.
     pub fn start(env: &[(&str, &str)]) -> Result<Host> {
+        let mut host = Self::spawn(env)?;
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "FLOWHOST_AUTH_TOKENS")
+            .and_then(|(_, v)| v.split(',').next())
+            .map(str::to_owned);
+        let port = host.port;
+        let ready = wait_until("flowhost", Duration::from_secs(60), || {
+            plugins_settled(port, token.as_deref())
+        });
+        if let Err(e) = ready {
+            let log = host.log();
+            host.kill();
+            bail!("{e} ({}); log:\n{log}", host.url("/healthz"));
+        }
+        Ok(host)
+    }
+
+    /// Starts `flowhost serve` with `env` on a free port, without waiting
+    /// for anything.
+    pub fn spawn(env: &[(&str, &str)]) -> Result<Host> {
         let port = free_port();
         let log_dir = tempfile::tempdir()?;
         let log = log_dir.path().join("flowhost.log");
@@ -320,22 +341,12 @@ impl Host {
             cmd.env(k, v);
         }
         let child = cmd.spawn().context("spawn flowhost")?;
-        let mut host = Host {
+        Ok(Host {
             child,
             port,
             log,
             _log_dir: log_dir,
-        };
-        let url = host.url("/healthz");
-        let ready = wait_until("flowhost", Duration::from_secs(60), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        if let Err(e) = ready {
-            let log = host.log();
-            host.kill();
-            bail!("{e} ({url}); log:\n{log}");
-        }
-        Ok(host)
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -384,6 +395,29 @@ impl Drop for Host {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether the host on `port` answers `/healthz` with no plugin file left
+/// loading (plugins load in the background once it listens).
+fn plugins_settled(port: u16, token: Option<&str>) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}connection: close\r\n\r\n");
+    let mut answer = String::new();
+    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut answer).is_err()
+    {
+        return false;
+    }
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|health| {
+        health["plugins"]["loading"]
+            .as_array()
+            .is_none_or(|loading| loading.is_empty())
+    })
 }
 
 /// A sample document for the example flows.

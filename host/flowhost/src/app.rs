@@ -2,12 +2,17 @@
 //! (plugins on wasmtime, the Redis or memory store, Prometheus metrics) and
 //! hands them to the core's runner as ports. The CLI and the tests build an
 //! `App` the same way, then serve it or run a flow with it.
+//!
+//! Plugins load in the background: the flow catalog is validated again each
+//! time one finishes, and swapped in whole, so a flow is served as soon as
+//! every plugin it uses is loaded.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowhost_core::flow::FlowCatalog;
+use flowhost_core::flow::{FlowCatalog, FlowDefinition, FlowSet};
 use flowhost_core::observe::Observer;
 use flowhost_core::queue::WorkQueue;
 use flowhost_core::runner::worker::QueueSettings;
@@ -15,7 +20,8 @@ use flowhost_core::runner::{CacheSettings, FlowRunner, Ports, RetryPolicy, Runne
 use flowhost_core::state::StateStore;
 use flowhost_redis::{FallbackStore, RedisHealth, RedisStoreConfig};
 use flowhost_wasm::manifest::Defaults;
-use flowhost_wasm::{Limits, PluginHost};
+use flowhost_wasm::{Limits, PluginHost, PluginSet};
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -30,6 +36,9 @@ pub struct App {
     pub runner: FlowRunner,
     /// The same store, for what only the Redis adapter knows: its health.
     fallback: Arc<FallbackStore>,
+    /// The plugin set the flows were last validated against; it changes
+    /// after the flow catalog does, so the two never disagree.
+    validated: watch::Receiver<Arc<PluginSet>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,22 +48,42 @@ pub enum BuildError {
 }
 
 impl App {
-    /// Loads plugins and flows and connects the state store. Bad plugins and
-    /// flows are reported and left out; an unreachable Redis starts the host
-    /// degraded. Only an engine that cannot start is an error.
+    /// [`App::start`], then waits until every plugin file was loaded or
+    /// skipped and the flows were checked against them.
     pub async fn build(config: Config) -> Result<Arc<App>, BuildError> {
-        let metrics = Arc::new(Metrics::new());
-        let plugins = Arc::new(Self::load_plugins_with(&config, Some(metrics.clone())).await?);
-        metrics.plugins_loaded.set(plugins.plugins().count() as i64);
-        metrics.plugins_skipped.set(plugins.skipped().len() as i64);
+        let app = Self::start(config).await?;
+        app.plugins_settled().await;
+        Ok(app)
+    }
 
-        let flows = Arc::new(Self::load_flows(&config, &plugins));
-        for error in flows.errors() {
-            tracing::error!(%error, "flow not loaded");
-        }
-        for flow in flows.flows() {
-            tracing::info!(flow = %flow.name, steps = flow.steps.len(), "flow loaded");
-        }
+    /// Starts loading plugins in the background, reads the flows and
+    /// connects the state store; returns without waiting for plugins (a flow
+    /// is served once every plugin it uses is loaded). Bad plugins and flows
+    /// are reported and left out; an unreachable Redis starts the host
+    /// degraded. Only an engine that cannot start is an error.
+    pub async fn start(config: Config) -> Result<Arc<App>, BuildError> {
+        let metrics = Arc::new(Metrics::new());
+        let plugins = Arc::new(
+            PluginHost::new(plugin_limits(&config))
+                .map_err(|e| BuildError::Engine(format!("{e:#}")))?
+                .with_observer(metrics.clone()),
+        );
+        // Every file is marked loading before the first request can ask.
+        plugins
+            .load_dir_in_background(&config.plugins_dir)
+            .map_err(|e| BuildError::Engine(format!("cannot start loading plugins: {e}")))?;
+        let now = plugins.snapshot();
+        let flows = Arc::new(FlowCatalog::load_dir(&config.flows_dir, &|name| {
+            now.availability(name)
+        }));
+        let (validated_tx, validated) = watch::channel(now);
+        tokio::spawn(follow_plugins(
+            plugins.clone(),
+            flows.clone(),
+            config.flows_dir.clone(),
+            metrics.clone(),
+            validated_tx,
+        ));
 
         // This host's name in leases and in the queue's consumer group.
         let host_id = config.host_id();
@@ -100,7 +129,39 @@ impl App {
             metrics,
             runner,
             fallback: store,
+            validated,
         }))
+    }
+
+    /// The plugins as the served flows were checked against: what
+    /// `/healthz` and the plugin listing show, so that no flow is still
+    /// waiting once they say nothing is loading.
+    pub fn plugins_now(&self) -> Arc<PluginSet> {
+        self.validated.borrow().clone()
+    }
+
+    /// Returns once no plugin file is loading and the flows were checked
+    /// against the plugins as they ended up.
+    pub async fn plugins_settled(&self) {
+        let mut validated = self.validated.clone();
+        let _ = validated.wait_for(|set| set.is_settled()).await;
+    }
+
+    /// The flow `name` once every plugin it uses is loaded; `None` when there
+    /// is no such flow, or it can never be served (a plugin it uses was
+    /// skipped or is absent).
+    pub async fn flow_when_ready(&self, name: &str) -> Option<Arc<FlowDefinition>> {
+        let mut changes = self.validated.clone();
+        loop {
+            changes.borrow_and_update();
+            let flows = self.flows.snapshot();
+            if let Some(def) = flows.get(name) {
+                return Some(def.clone());
+            }
+            if !flows.is_waiting(name) || changes.changed().await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// What `/healthz` says of Redis.
@@ -139,27 +200,66 @@ impl App {
         }
     }
 
-    /// The plugins folder alone, for `flowhost plugins` and validation.
-    pub async fn load_plugins(config: &Config) -> Result<PluginHost, BuildError> {
-        Self::load_plugins_with(config, None).await
-    }
-
-    async fn load_plugins_with(
-        config: &Config,
-        metrics: Option<Arc<Metrics>>,
-    ) -> Result<PluginHost, BuildError> {
-        let mut plugins = PluginHost::new(plugin_limits(config))
-            .map_err(|e| BuildError::Engine(format!("{e:#}")))?;
-        if let Some(m) = metrics {
-            plugins = plugins.with_observer(m);
-        }
+    /// The plugins folder alone, every file loaded or skipped, for
+    /// `flowhost plugins` and validation.
+    pub async fn load_plugins(config: &Config) -> Result<Arc<PluginHost>, BuildError> {
+        let plugins = Arc::new(
+            PluginHost::new(plugin_limits(config))
+                .map_err(|e| BuildError::Engine(format!("{e:#}")))?,
+        );
         plugins.load_dir(&config.plugins_dir).await;
         Ok(plugins)
     }
 
-    /// The flows folder, checked against the loaded plugins.
-    pub fn load_flows(config: &Config, plugins: &PluginHost) -> FlowCatalog {
-        FlowCatalog::load_dir(&config.flows_dir, &|name| plugins.get(name).is_some())
+    /// The flows folder, checked against the plugins as they are now.
+    pub fn load_flows(config: &Config, plugins: &PluginHost) -> FlowSet {
+        let now = plugins.snapshot();
+        FlowSet::load_dir(&config.flows_dir, &|name| now.availability(name))
+    }
+}
+
+/// Validates the flows again each time the plugin set changes, and swaps
+/// them in, then publishes the set they were validated against; keeps the
+/// plugin gauges up to date, and logs each flow as it becomes served, and
+/// the flows left out once loading is over. The same loop serves any later
+/// change of the set (a plugin reloaded).
+async fn follow_plugins(
+    plugins: Arc<PluginHost>,
+    flows: Arc<FlowCatalog>,
+    flows_dir: PathBuf,
+    metrics: Arc<Metrics>,
+    validated: watch::Sender<Arc<PluginSet>>,
+) {
+    let mut changes = plugins.subscribe();
+    let (mut served, mut reported) = (BTreeSet::new(), false);
+    loop {
+        changes.borrow_and_update();
+        let now = plugins.snapshot();
+        flows.reload(&flows_dir, &|name| now.availability(name));
+        metrics.plugins_loaded.set(now.plugins().count() as i64);
+        metrics.plugins_skipped.set(now.skipped().count() as i64);
+        let set = flows.snapshot();
+        for flow in set.flows() {
+            if served.insert(flow.name.clone()) {
+                tracing::info!(flow = %flow.name, steps = flow.steps.len(), "flow loaded");
+            }
+        }
+        if now.is_settled() && !reported {
+            reported = true;
+            for error in set.errors() {
+                tracing::error!(%error, "flow not loaded");
+            }
+            tracing::info!(
+                plugins = now.plugins().count(),
+                skipped = now.skipped().count(),
+                flows = set.flows().count(),
+                "plugins loaded"
+            );
+        }
+        validated.send_replace(now);
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -217,6 +317,11 @@ pub fn plugin_limits(config: &Config) -> Limits {
         max_instances: l.max_instances,
         max_component_bytes: l.max_component_bytes,
         compile_timeout: Duration::from_millis(l.compile_timeout_ms),
+        max_compiles: match l.max_concurrent_compiles {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
+        describe_timeout: Duration::from_millis(l.describe_timeout_ms),
         artifacts_dir: config.artifacts_dir().map(Path::to_owned),
     }
 }

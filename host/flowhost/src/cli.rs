@@ -89,14 +89,22 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 
 /// Serves the API until SIGTERM or SIGINT, then drains: new work is
 /// refused, running flows get the grace period and are left paused.
+///
+/// The host listens first, then serves while plugins load; it takes work
+/// from the shared queue and resumes flows only once they all have, so that
+/// no flow is refused for a plugin that is about to be there.
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let listen = config.listen.clone();
-    let app = App::build(config).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let app = App::start(config).await?;
     tracing::info!(address = %listener.local_addr()?, "flowhost serving");
-    app.resume_on_start().await;
+    let background = app.clone();
+    tokio::spawn(async move {
+        background.plugins_settled().await;
+        background.resume_on_start().await;
+    });
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::serve(listener, app.clone(), async {
         let _ = server_stopped.await;
@@ -136,9 +144,12 @@ async fn run_flow(config: Config, flow: &str, input: String) -> anyhow::Result<E
     // never the name of a server on this machine.
     let mut config = config;
     config.queue.host_id = format!("{}:run-{}", config.host_id(), std::process::id());
-    let app = App::build(config).await?;
-    let Some(def) = app.flows.get(flow).cloned() else {
-        let known: Vec<&str> = app.flows.flows().map(|f| f.name.as_str()).collect();
+    // Only the plugins this flow uses are waited for.
+    let app = App::start(config).await?;
+    let Some(def) = app.flow_when_ready(flow).await else {
+        app.plugins_settled().await;
+        let flows = app.flows.snapshot();
+        let known: Vec<&str> = flows.flows().map(|f| f.name.as_str()).collect();
         eprintln!(
             "flowhost: no flow named `{flow}`; loaded flows: [{}]",
             known.join(", ")
@@ -167,7 +178,7 @@ async fn run_flow(config: Config, flow: &str, input: String) -> anyhow::Result<E
 }
 
 async fn list_plugins(config: &Config) -> anyhow::Result<ExitCode> {
-    let plugins = App::load_plugins(config).await?;
+    let plugins = App::load_plugins(config).await?.snapshot();
     let mut out = std::io::stdout().lock();
     writeln!(out, "plugins folder: {}", config.plugins_dir.display())?;
     for p in plugins.plugins() {

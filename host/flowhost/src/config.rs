@@ -224,8 +224,15 @@ pub struct LimitsConfig {
     pub max_instances: u32,
     /// Component files larger than this are skipped.
     pub max_component_bytes: u64,
-    /// Compiling one component may take this long, else it is skipped.
+    /// Compiling one component may take this long (waiting for a compile
+    /// slot included), else it is skipped.
     pub compile_timeout_ms: u64,
+    /// Compilations at once; 0: one per core. A compile past its time limit
+    /// keeps its slot until its thread is done.
+    pub max_concurrent_compiles: usize,
+    /// A plugin's `describe` at load may take this long (at most its step
+    /// timeout), else it is skipped.
+    pub describe_timeout_ms: u64,
     /// Largest HTTP request body.
     pub max_request_bytes: usize,
     /// An API request taking longer is answered 408 (a flow it started
@@ -312,6 +319,8 @@ impl Default for LimitsConfig {
             max_instances: 256,
             max_component_bytes: 32 << 20,
             compile_timeout_ms: 60_000,
+            max_concurrent_compiles: 0,
+            describe_timeout_ms: 5_000,
             max_request_bytes: 8 << 20,
             request_timeout_ms: 300_000,
             body_timeout_ms: 5_000,
@@ -472,6 +481,7 @@ impl Config {
         if [
             l.step_timeout_ms,
             l.compile_timeout_ms,
+            l.describe_timeout_ms,
             l.http_timeout_ms,
             l.request_timeout_ms,
             l.body_timeout_ms,

@@ -1,8 +1,9 @@
 //! flowhost's plugin host: WebAssembly executor components loaded from the
-//! plugins folder and run, one fresh sandboxed instance per step, with
-//! wasmtime. [`PluginHost`] is the core's `Executor` port; every way a step
-//! can misbehave ends in a typed `PluginError`. Nothing outside this crate
-//! touches wasmtime or the bindings.
+//! plugins folder (concurrently, each becoming available when loaded) and
+//! run, one fresh sandboxed instance per step, with wasmtime. [`PluginHost`]
+//! is the core's `Executor` port; every way a step can misbehave ends in a
+//! typed `PluginError`. Nothing outside this crate touches wasmtime or the
+//! bindings.
 
 mod artifacts;
 mod bindings;
@@ -15,14 +16,16 @@ pub mod manifest;
 mod meta;
 mod run;
 mod sandbox;
+mod set;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use async_trait::async_trait;
 use flowhost_core::executor::{Executor, PluginFacts};
 use flowhost_core::observe::{NoObserver, Observer};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
@@ -31,18 +34,26 @@ pub use flowhost_core::executor::{Call, Execution, PluginError};
 pub use load::{LoadError, Skipped};
 pub use meta::{Limits, Plugin, PluginMeta};
 pub use sandbox::sanitize;
+pub use set::PluginSet;
 
 use sandbox::StepCtx;
 
-/// The loaded plugins and the engine that runs them. Cheap to share in an Arc.
+/// The loaded plugins and the engine that runs them. Cheap to share in an
+/// Arc; the plugin set changes while it is shared (see `set.rs`).
 pub struct PluginHost {
     engine: Engine,
     linker: Linker<StepCtx>,
     limits: Limits,
-    plugins: BTreeMap<String, Arc<Plugin>>,
-    skipped: Vec<Skipped>,
-    /// One per instance alive at once (`Limits::max_instances`).
+    /// The plugins now, swapped whole on every change.
+    set: ArcSwap<PluginSet>,
+    /// Bumped on every swap of `set`.
+    changes: watch::Sender<u64>,
+    /// One per instance alive at once (`Limits::max_instances`); `describe`
+    /// takes one too.
     permits: Semaphore,
+    /// One per compilation running at once (`Limits::max_compiles`), held
+    /// until the compiler's thread returns, even when its load gave up.
+    compile_slots: Arc<Semaphore>,
     observer: Arc<dyn Observer>,
 }
 
@@ -56,9 +67,10 @@ impl PluginHost {
             engine,
             linker,
             permits: Semaphore::new(limits.max_instances as usize),
+            compile_slots: Arc::new(Semaphore::new(limits.max_compiles.max(1))),
             limits,
-            plugins: BTreeMap::new(),
-            skipped: Vec::new(),
+            set: ArcSwap::default(),
+            changes: watch::Sender::new(0),
             observer: Arc::new(NoObserver),
         })
     }
@@ -69,16 +81,9 @@ impl PluginHost {
         self
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
-        self.plugins.get(name)
-    }
-
-    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
-        self.plugins.values()
-    }
-
-    pub fn skipped(&self) -> &[Skipped] {
-        &self.skipped
+    /// The plugin loaded under `name`, now.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.set.load().get(name).cloned()
     }
 
     /// The engine every plugin is compiled for, for benchmarks that measure
@@ -91,7 +96,7 @@ impl PluginHost {
 #[async_trait]
 impl Executor for PluginHost {
     fn plugin(&self, name: &str) -> Option<PluginFacts> {
-        self.plugins.get(name).map(|p| PluginFacts {
+        self.set.load().get(name).map(|p| PluginFacts {
             hash: p.meta.hash.clone(),
             deterministic: p.meta.deterministic,
         })
@@ -102,8 +107,11 @@ impl Executor for PluginHost {
     }
 
     async fn execute(&self, plugin: &str, call: &Call<'_>) -> Execution {
-        match self.plugins.get(plugin) {
-            Some(loaded) => self.execute_plugin(loaded, call).await,
+        // One lock-free load and one reference count: the step keeps its
+        // plugin even if the set is swapped while it runs.
+        let loaded = self.set.load().get(plugin).cloned();
+        match loaded {
+            Some(loaded) => self.execute_plugin(&loaded, call).await,
             None => Execution::failed(PluginError::Failed(format!(
                 "plugin `{plugin}` is not loaded"
             ))),

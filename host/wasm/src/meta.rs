@@ -24,8 +24,15 @@ pub struct Limits {
     pub max_instances: u32,
     /// A component file larger than this is not loaded.
     pub max_component_bytes: u64,
-    /// Compiling one component may take this long; past it, it is skipped.
+    /// Compiling one component may take this long, waiting for a compile
+    /// slot included; past it, it is skipped.
     pub compile_timeout: Duration,
+    /// Compilations running at once; a compile given up on keeps its slot
+    /// until its thread returns, so stuck ones cannot pile up.
+    pub max_compiles: usize,
+    /// The longest `describe` may take at load, instantiation included (and
+    /// never longer than the plugin's step timeout).
+    pub describe_timeout: Duration,
     /// Host-owned folder of compiled artifacts; `None` compiles every start.
     pub artifacts_dir: Option<PathBuf>,
 }

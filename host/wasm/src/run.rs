@@ -191,7 +191,7 @@ fn denied(denial: &Denial, plugin_said: &PluginError) -> PluginError {
 /// Names what stopped a call that did not return: the deadline, fuel, the
 /// stack, the memory limit, a panic (its message read from stderr), or
 /// another trap.
-fn classify_trap(
+pub(crate) fn classify_trap(
     e: &wasmtime::Error,
     ctx: &StepCtx,
     grants: &Grants,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use catalog::FlowCatalog;
+pub use catalog::{FlowCatalog, FlowSet, PluginAvailability, WaitingFlow};
 pub use template::{Reference, Scope, Source, Template};
 
 /// One problem in one flow file.

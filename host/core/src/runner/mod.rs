@@ -76,6 +76,8 @@ pub struct CacheSettings {
 #[derive(Clone)]
 pub struct Ports {
     pub executor: Arc<dyn Executor>,
+    /// The flows served now: a handle whose set is swapped whole when a
+    /// plugin finishes loading; reading it is one lock-free load.
     pub flows: Arc<FlowCatalog>,
     pub store: Arc<dyn StateStore>,
     pub cache: Arc<dyn ResultCache>,

@@ -217,17 +217,12 @@ impl FlowRunner {
                 _,
             ) => {}
         }
-        let def = self
-            .inner
-            .flows
-            .get(&state.flow_name)
-            .cloned()
-            .ok_or_else(|| {
-                RunError::Conflict(format!(
-                    "flow definition `{}` is not loaded, so run {id} cannot continue",
-                    state.flow_name
-                ))
-            })?;
+        let def = self.inner.flows.get(&state.flow_name).ok_or_else(|| {
+            RunError::Conflict(format!(
+                "flow definition `{}` is not loaded, so run {id} cannot continue",
+                state.flow_name
+            ))
+        })?;
         if let Restart::Retry(name) = how {
             match state.steps.get(name) {
                 _ if def.step(name).is_none() => {

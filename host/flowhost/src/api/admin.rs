@@ -1,5 +1,6 @@
-//! Routes about the host rather than one run: loaded flows and plugins,
-//! cache invalidation, pruning, health and Prometheus metrics.
+//! Routes about the host rather than one run: loaded flows and plugins
+//! (and those still loading), cache invalidation, pruning, health and
+//! Prometheus metrics.
 
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -11,11 +12,12 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, ErrorBody};
 
-/// The loaded flow definitions, and the files rejected with their errors.
+/// The flow definitions served, those waiting for a plugin still loading,
+/// and the files rejected with their errors.
 #[utoipa::path(get, path = "/api/v1/flows", responses((status = 200, body = Object)))]
 pub(super) async fn list_flows(State(app): AppState) -> Json<Value> {
-    let flows: Vec<Value> = app
-        .flows
+    let set = app.flows.snapshot();
+    let flows: Vec<Value> = set
         .flows()
         .map(|f| {
             json!({
@@ -33,15 +35,19 @@ pub(super) async fn list_flows(State(app): AppState) -> Json<Value> {
             })
         })
         .collect();
-    let errors: Vec<String> = app.flows.errors().iter().map(ToString::to_string).collect();
-    Json(json!({ "flows": flows, "errors": errors }))
+    let errors: Vec<String> = set.errors().iter().map(ToString::to_string).collect();
+    Json(json!({ "flows": flows, "waiting": set.waiting(), "errors": errors }))
 }
 
-/// The loaded plugins and the files skipped in the plugins folder, with why.
+/// The loaded plugins, the files skipped in the plugins folder with why, and
+/// the files still loading.
 #[utoipa::path(get, path = "/api/v1/plugins", responses((status = 200, body = Object)))]
 pub(super) async fn list_plugins(State(app): AppState) -> Json<Value> {
-    let loaded: Vec<_> = app.plugins.plugins().map(|p| &p.meta).collect();
-    Json(json!({ "plugins": loaded, "skipped": app.plugins.skipped() }))
+    let set = app.plugins_now();
+    let loaded: Vec<_> = set.plugins().map(|p| &p.meta).collect();
+    let skipped: Vec<_> = set.skipped().collect();
+    let loading: Vec<_> = set.loading().collect();
+    Json(json!({ "plugins": loaded, "skipped": skipped, "loading": loading }))
 }
 
 /// Exactly one of the three selects what to remove.
@@ -116,17 +122,24 @@ pub(super) async fn prune_flows(
     Ok(Json(json!({ "removed": removed })))
 }
 
-/// Health: `ok`, or `degraded` while a configured Redis is unreachable.
+/// Health: `ok`, or `degraded` while a configured Redis is unreachable;
+/// the plugin files still loading, and the flows waiting for them.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Object)))]
 pub(super) async fn healthz(State(app): AppState) -> Json<Value> {
     let redis = app.redis_health();
     let degraded = matches!(redis, RedisHealth::Unreachable { .. });
+    let (plugins, flows) = (app.plugins_now(), app.flows.snapshot());
     Json(json!({
         "status": if degraded { "degraded" } else { "ok" },
         "state_store": app.store.backend(),
         "redis": redis,
-        "plugins": { "loaded": app.plugins.plugins().count(), "skipped": app.plugins.skipped().len() },
-        "flows": app.flows.flows().count(),
+        "plugins": {
+            "loaded": plugins.plugins().count(),
+            "skipped": plugins.skipped().count(),
+            "loading": plugins.loading().collect::<Vec<_>>(),
+        },
+        "flows": flows.flows().count(),
+        "flows_waiting": flows.waiting().len(),
         "flows_running": app.runner.active_count(),
     }))
 }

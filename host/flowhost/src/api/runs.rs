@@ -40,13 +40,10 @@ pub(super) struct ExecuteRequest {
 }
 
 pub(super) fn flow_def(app: &App, name: &str) -> Result<Arc<FlowDefinition>, ApiError> {
-    app.flows
-        .get(name)
-        .cloned()
-        .ok_or_else(|| ApiError::UnknownFlow {
-            name: name.to_owned(),
-            known: app.flows.flows().map(|f| f.name.clone()).collect(),
-        })
+    app.flows.get(name).ok_or_else(|| ApiError::UnknownFlow {
+        name: name.to_owned(),
+        known: app.flows.flows().map(|f| f.name.clone()).collect(),
+    })
 }
 
 /// The stored run `raw_id` of flow `flow`, or 404.

@@ -1,0 +1,35 @@
+//! The `describe-sleeps` test plugin: its `describe()` sleeps for an hour, in
+//! a host call. The host must skip it with the reason, without delaying its
+//! start. Never put it in a real plugins folder.
+
+mod bindings {
+    //! Rust bindings generated from the `executor` world.
+    #![allow(clippy::too_many_arguments)]
+
+    wit_bindgen::generate!({ world: "executor", path: "../../../wit" });
+}
+
+use bindings::{Guest, Json, PluginInfo, StepError, StepRequest};
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn describe() -> PluginInfo {
+        // A sleep is a host call (a WASI poll): no CPU deadline stops it.
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+        PluginInfo {
+            name: env!("CARGO_PKG_NAME").to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            description: env!("CARGO_PKG_DESCRIPTION").to_string(),
+            deterministic: true,
+            input_schema: None,
+            output_schema: None,
+        }
+    }
+
+    fn execute(_: StepRequest) -> Result<Json, StepError> {
+        Err(StepError::Failed("never loaded".into()))
+    }
+}
+
+bindings::export!(Hostile with_types_in bindings);
