@@ -197,3 +197,95 @@ impl FlowCatalog {
         set.flows().cloned().collect::<Vec<_>>().into_iter()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::{FlowCatalog, PluginAvailability};
+
+    /// A folder of flow files under the system's temp folder, removed on drop.
+    struct Folder(PathBuf);
+
+    impl Folder {
+        fn new(files: &[(&str, &str)]) -> Folder {
+            let dir = std::env::temp_dir().join(format!(
+                "flowhost-catalog-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, text) in files {
+                std::fs::write(dir.join(format!("{name}.yaml")), text).unwrap();
+            }
+            Folder(dir)
+        }
+    }
+
+    impl Drop for Folder {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn one_step(name: &str, plugin: &str) -> String {
+        format!("name: {name}\nsteps:\n  - name: s\n    plugin: {plugin}\n")
+    }
+
+    #[test]
+    fn a_flow_waits_for_a_plugin_still_loading_and_is_served_once_it_is_loaded() {
+        let (ready, slow, gone) = (
+            one_step("ready", "fast"),
+            one_step("slow", "late"),
+            one_step("gone", "missing"),
+        );
+        let folder = Folder::new(&[("ready", &ready), ("slow", &slow), ("gone", &gone)]);
+        let loading = |name: &str| match name {
+            "fast" => PluginAvailability::Loaded,
+            "late" => PluginAvailability::Loading,
+            _ => PluginAvailability::Absent,
+        };
+        let catalog = FlowCatalog::load_dir(&folder.0, &loading);
+        let before = catalog.snapshot();
+        assert!(catalog.get("ready").is_some());
+        assert!(catalog.get("slow").is_none());
+        assert!(before.is_waiting("slow"));
+        assert_eq!(before.waiting()[0].plugins, ["late"]);
+        assert_eq!(
+            before.errors().len(),
+            1,
+            "a plugin that is absent is an error"
+        );
+        assert!(before.errors()[0].message.contains("missing"));
+
+        let loaded = |name: &str| match name {
+            "fast" | "late" => PluginAvailability::Loaded,
+            _ => PluginAvailability::Absent,
+        };
+        catalog.reload(&folder.0, &loaded);
+        assert!(catalog.get("slow").is_some());
+        assert!(catalog.snapshot().waiting().is_empty());
+        assert!(
+            before.get("slow").is_none(),
+            "a snapshot taken earlier is unchanged"
+        );
+    }
+
+    #[test]
+    fn a_name_taken_by_a_waiting_flow_is_not_taken_twice() {
+        let (a, b) = (one_step("same", "late"), one_step("same", "fast"));
+        let folder = Folder::new(&[("a", &a), ("b", &b)]);
+        let catalog = FlowCatalog::load_dir(&folder.0, &|name| match name {
+            "late" => PluginAvailability::Loading,
+            _ => PluginAvailability::Loaded,
+        });
+        let set = catalog.snapshot();
+        assert!(set.is_waiting("same"));
+        assert!(catalog.get("same").is_none());
+        assert!(
+            set.errors()[0].message.contains("already used"),
+            "{:?}",
+            set.errors()
+        );
+    }
+}
