@@ -45,6 +45,8 @@ pub struct App {
 pub enum BuildError {
     #[error("cannot start the WebAssembly engine: {0}")]
     Engine(String),
+    #[error("cannot start the thread that loads plugins: {0}")]
+    Loader(#[source] std::io::Error),
 }
 
 impl App {
@@ -71,7 +73,7 @@ impl App {
         // Every file is marked loading before the first request can ask.
         plugins
             .load_dir_in_background(&config.plugins_dir)
-            .map_err(|e| BuildError::Engine(format!("cannot start loading plugins: {e}")))?;
+            .map_err(BuildError::Loader)?;
         let now = plugins.snapshot();
         let flows = Arc::new(FlowCatalog::load_dir(&config.flows_dir, &|name| {
             now.availability(name)
