@@ -96,10 +96,20 @@ fn long_functions_say_why() {
             for (i, line) in lines.iter().enumerate() {
                 let trimmed = line.trim_start();
                 let indent = &line[..line.len() - trimmed.len()];
-                let is_fn = ["fn ", "pub fn ", "async fn ", "pub async fn ", "pub(crate) fn "]
-                    .iter()
-                    .chain(&["pub(super) fn ", "pub(super) async fn ", "pub(crate) async fn "])
-                    .any(|p| trimmed.starts_with(p));
+                let is_fn = [
+                    "fn ",
+                    "pub fn ",
+                    "async fn ",
+                    "pub async fn ",
+                    "pub(crate) fn ",
+                ]
+                .iter()
+                .chain(&[
+                    "pub(super) fn ",
+                    "pub(super) async fn ",
+                    "pub(crate) async fn ",
+                ])
+                .any(|p| trimmed.starts_with(p));
                 if !is_fn || trimmed.ends_with(';') {
                     continue;
                 }
@@ -188,7 +198,8 @@ fn the_repository_holds_no_build_outputs() {
         .filter(|f| {
             f.ends_with(".cwasm")
                 || f.ends_with(".wasm")
-                || f.split('/').any(|part| part == "target" || part == ".flowhost")
+                || f.split('/')
+                    .any(|part| part == "target" || part == ".flowhost")
                 || f.starts_with("plugins/dist/")
                 || f.starts_with("plugins/testing/dist/")
         })
