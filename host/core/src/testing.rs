@@ -214,7 +214,8 @@ async fn idempotency_keys(store: &dyn StateStore, first: FlowId) {
 }
 
 /// The `ResultCache` contract: a stored entry reads back whole; entries are
-/// removed by key, by plugin and by flow, and each removal says how many.
+/// removed by key, by plugin and by flow, and each removal says how many; a
+/// host's lead on a key is its own until it gives it up.
 pub async fn result_cache(cache: &dyn ResultCache) {
     let ttl = Duration::from_secs(600);
     let run = FlowId::new().to_string();
@@ -265,6 +266,44 @@ pub async fn result_cache(cache: &dyn ResultCache) {
         1
     );
     assert_eq!(cache.get(&d.key).await.unwrap(), None);
+
+    // A lead is this host's until it gives it up; leading again is no wait.
+    let key = format!("lead-{run}");
+    assert!(cache.lead(&key, ttl).await.unwrap());
+    assert!(cache.lead(&key, ttl).await.unwrap());
+    cache.end_lead(&key).await.unwrap();
+    assert!(cache.lead(&key, ttl).await.unwrap());
+    cache.end_lead(&key).await.unwrap();
+}
+
+/// Leads between two hosts sharing one cache (`a` and `b`, each as its host
+/// sees it): one leads a key at a time, only the leader gives it up, and a
+/// lead runs out at its TTL, so a host that died blocks no other for longer.
+pub async fn shared_leads(a: &dyn ResultCache, b: &dyn ResultCache) {
+    let run = FlowId::new().to_string();
+    let ttl = Duration::from_secs(600);
+    let key = format!("shared-{run}");
+    assert!(a.lead(&key, ttl).await.unwrap());
+    assert!(!b.lead(&key, ttl).await.unwrap(), "two hosts lead one key");
+    b.end_lead(&key).await.unwrap();
+    assert!(
+        !b.lead(&key, ttl).await.unwrap(),
+        "a lead given up by another"
+    );
+    a.end_lead(&key).await.unwrap();
+    assert!(b.lead(&key, ttl).await.unwrap());
+    assert!(!a.lead(&key, ttl).await.unwrap());
+    b.end_lead(&key).await.unwrap();
+
+    let brief = format!("brief-{run}");
+    assert!(a.lead(&brief, Duration::from_millis(100)).await.unwrap());
+    assert!(!b.lead(&brief, ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        b.lead(&brief, ttl).await.unwrap(),
+        "an expired lead still held"
+    );
+    b.end_lead(&brief).await.unwrap();
 }
 
 #[cfg(test)]

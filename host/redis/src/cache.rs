@@ -1,6 +1,7 @@
 //! The result cache in Redis: `impl ResultCache for RedisStore`. Entries are
 //! strings with a TTL; the sets of the keys each plugin computed and each
-//! flow stored serve invalidation by plugin or by flow.
+//! flow stored serve invalidation by plugin or by flow. A key's lead (the
+//! host computing it for the others) is a string with a TTL beside it.
 
 use std::time::Duration;
 
@@ -94,5 +95,31 @@ impl ResultCache for RedisStore {
             Invalidate::Plugin(p) => self.invalidate_set(&self.keys.results_of_plugin(p)).await,
             Invalidate::Flow(f) => self.invalidate_set(&self.keys.results_of_flow(f)).await,
         }
+    }
+
+    /// `SET NX` of the lead key with this host's name and a TTL; the value
+    /// it held instead, if any, says whether this host led already.
+    async fn lead(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
+        let holder: Option<String> = redis::cmd("SET")
+            .arg(self.keys.result_lead(key))
+            .arg(&self.owner)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(cache_unavailable)?;
+        Ok(holder.is_none_or(|h| h == self.owner))
+    }
+
+    async fn end_lead(&self, key: &str) -> Result<(), CacheError> {
+        let _: i64 = crate::scripts::DELETE_IF
+            .key(self.keys.result_lead(key))
+            .arg(&self.owner)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(cache_unavailable)?;
+        Ok(())
     }
 }

@@ -412,6 +412,20 @@ impl ResultCache for FallbackStore {
         }
     }
 
+    async fn lead(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
+        match self.healthy() {
+            Some(redis) => self.timed("cache_lead", redis.lead(key, ttl)).await,
+            None => self.memory.lead(key, ttl).await,
+        }
+    }
+
+    async fn end_lead(&self, key: &str) -> Result<(), CacheError> {
+        match self.current() {
+            Some(redis) => self.timed("cache_end_lead", redis.end_lead(key)).await,
+            None => Ok(()),
+        }
+    }
+
     async fn invalidate(&self, what: &Invalidate) -> Result<u64, CacheError> {
         let mut removed = self.memory.invalidate(what).await?;
         if let Some(redis) = self.current() {

@@ -73,6 +73,10 @@ impl Keys {
     pub(crate) fn result(&self, key: &str) -> String {
         format!("{}cache:{{{key}}}", self.prefix)
     }
+    /// The host computing a result for the hosts sharing the cache.
+    pub(crate) fn result_lead(&self, key: &str) -> String {
+        format!("{}cache:{{{key}}}:lead", self.prefix)
+    }
     pub(crate) fn results_of_plugin(&self, plugin: &str) -> String {
         format!("{}cache:plugin:{plugin}", self.prefix)
     }

@@ -18,6 +18,8 @@
 //!   consumer group `flowhost`, one consumer per host
 //! - `P idem:{KEY}`       string, the flow id an idempotency key names (TTL)
 //! - `P cache:{KEY}`      string, one cached result as JSON, with a TTL (PX)
+//! - `P cache:{KEY}:lead` string, the host computing that result for the
+//!   hosts sharing the cache, with a TTL (`cache.single_flight_wait_ms`)
 //! - `P cache:plugin:NAME`, `P cache:flow:NAME`  sets of the cache keys each
 //!   plugin computed and each flow stored, for invalidation; they expire with
 //!   their longest-lived entry

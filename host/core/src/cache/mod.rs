@@ -1,7 +1,7 @@
 //! The content-addressed result cache: the `ResultCache` port and its entry
-//! type, what goes into a key (`key`), and single-flight within one host.
-//! Adapters: the memory store, and the Redis crate (which alone knows Redis
-//! key names).
+//! type, what goes into a key (`key`), and single-flight within one host
+//! (across hosts, the port's leads). Adapters: the memory store, and the
+//! Redis crate (which alone knows Redis key names).
 
 mod key;
 mod single_flight;
@@ -67,4 +67,18 @@ pub trait ResultCache: Send + Sync {
     async fn put(&self, entry: &CachedResult, ttl: Duration) -> Result<(), CacheError>;
     /// Removes entries; returns how many existed.
     async fn invalidate(&self, what: &Invalidate) -> Result<u64, CacheError>;
+    /// Takes the lead on computing `key` among the hosts sharing this cache,
+    /// for at most `ttl` (so that a host that dies never blocks the others
+    /// longer): true when this host leads now, or led already; false while
+    /// another host does. A cache that serves one host leads always (its
+    /// steps wait for one another within the host).
+    async fn lead(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
+        let _ = (key, ttl);
+        Ok(true)
+    }
+    /// Gives up this host's lead on `key`, if it holds it.
+    async fn end_lead(&self, key: &str) -> Result<(), CacheError> {
+        let _ = key;
+        Ok(())
+    }
 }

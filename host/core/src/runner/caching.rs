@@ -1,7 +1,9 @@
 //! How the runner uses the `ResultCache` port: whether a step or a whole
 //! flow is cached and under which key, lookups with single-flight (one
-//! computation per key on this host, the others wait for it), and stores.
-//! A cache that fails is logged and counted; the step runs regardless.
+//! computation per key: on this host the others wait for its result; across
+//! hosts sharing the cache, one host leads and the others read the cache
+//! until the result is there), and stores. A cache that fails is logged and
+//! counted; the step runs regardless.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,19 @@ pub(super) struct CachePlan {
     pub key: String,
     pub ttl: Duration,
 }
+
+/// The right to compute a key: among the steps of this host (`local`: they
+/// wait for its result) and, when `across`, among the hosts sharing the
+/// cache (a lead in the store, to give up with `end_lead`).
+pub(super) struct Lead {
+    pub local: Leader,
+    pub across: bool,
+}
+
+/// The first pause between two reads of a key another host computes; it
+/// doubles up to `MAX_PAUSE`.
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
+const MAX_PAUSE: Duration = Duration::from_millis(500);
 
 impl FlowRunner {
     /// Removes cached results; returns how many there were.
@@ -151,12 +166,13 @@ impl FlowRunner {
     }
 
     /// Looks a key up; on a miss, either leads its computation or waits
-    /// (bounded) for the flow that does. `Ok` is a hit.
+    /// (bounded) for the flow that does, here or on another host. `Ok` is a
+    /// hit; `Err(None)` computes without leading (the wait ran out).
     pub(super) async fn cache_lookup(
         &self,
         plan: &CachePlan,
         plugin: &str,
-    ) -> Result<Value, Option<Leader>> {
+    ) -> Result<Value, Option<Lead>> {
         match self.inner.cache.get(&plan.key).await {
             Ok(Some(entry)) => {
                 self.observe(Event::CacheHit { plugin });
@@ -169,10 +185,17 @@ impl FlowRunner {
             }
         }
         match self.inner.single_flight.join(&plan.key) {
-            Flight::Leader(leader) => {
-                self.observe(Event::CacheMiss { plugin });
-                Err(Some(leader))
-            }
+            Flight::Leader(local) => match self.lead_across_hosts(plan, plugin).await {
+                Ok(output) => {
+                    self.observe(Event::CacheHit { plugin });
+                    local.finish(Some(output.clone()));
+                    Ok(output)
+                }
+                Err(across) => {
+                    self.observe(Event::CacheMiss { plugin });
+                    Err(Some(Lead { local, across }))
+                }
+            },
             Flight::Follower(rx) => {
                 self.observe(Event::CacheWaited { plugin });
                 match cache::wait(rx, self.inner.config.cache.single_flight_wait).await {
@@ -186,6 +209,68 @@ impl FlowRunner {
                     }
                 }
             }
+        }
+    }
+
+    /// This host's leader of a key, among the hosts sharing the cache:
+    /// takes the lead on the key, or reads the cache with backoff while
+    /// another host holds it (at most `single_flight_wait`; a lead given up
+    /// or expired without a result is taken over). `Ok` is the other host's
+    /// result; `Err(true)` when this host leads, `Err(false)` when it
+    /// computes without the lead (the wait ran out, or the cache failed).
+    async fn lead_across_hosts(&self, plan: &CachePlan, plugin: &str) -> Result<Value, bool> {
+        let cache = &self.inner.cache;
+        let wait = self.inner.config.cache.single_flight_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = FIRST_PAUSE;
+        let mut waited = false;
+        loop {
+            match cache.lead(&plan.key, wait).await {
+                // A lead given up just after its result was stored: the
+                // result is there.
+                Ok(true) if waited => match cache.get(&plan.key).await {
+                    Ok(Some(entry)) => {
+                        self.end_lead(&plan.key).await;
+                        return Ok(entry.output);
+                    }
+                    _ => return Err(true),
+                },
+                Ok(true) => return Err(true),
+                Ok(false) => {}
+                Err(e) => {
+                    self.observe(Event::CacheFailed);
+                    tracing::warn!(error = %e, "cache unavailable; running the step");
+                    return Err(false);
+                }
+            }
+            if !waited {
+                waited = true;
+                self.observe(Event::CacheWaited { plugin });
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(false);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+            match cache.get(&plan.key).await {
+                Ok(Some(entry)) => return Ok(entry.output),
+                Ok(None) => {}
+                Err(e) => {
+                    self.observe(Event::CacheFailed);
+                    tracing::warn!(error = %e, "cache unavailable; running the step");
+                    return Err(false);
+                }
+            }
+        }
+    }
+
+    /// Gives up this host's lead on a key: the other hosts stop waiting for
+    /// it (they find the result stored, or take the lead).
+    pub(super) async fn end_lead(&self, key: &str) {
+        if let Err(e) = self.inner.cache.end_lead(key).await {
+            self.observe(Event::CacheFailed);
+            tracing::debug!(error = %e, "cannot give up the lead on a cache key; it expires");
         }
     }
 

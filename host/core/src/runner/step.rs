@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use super::FlowRunner;
 use super::active::Active;
+use super::caching::CachePlan;
 use super::hold::Hold;
+use crate::cache::Leader;
 use crate::executor::{Call, PluginError};
 use crate::flow::{FlowDefinition, StepDef};
 use crate::observe::Event;
@@ -66,14 +68,13 @@ impl FlowRunner {
             return st;
         }
         let step = &def.steps[index];
-        let policy = self.inner.config.retry.with_overrides(&step.retry);
         let input = st.inputs.clone().unwrap_or(Value::Null);
         let plan = self
             .inner
             .executor
             .plugin(&step.plugin)
             .and_then(|p| self.cache_plan(def, step, &p, &input));
-        let mut leader = None;
+        let mut lead = None;
         if let Some(plan) = &plan {
             st.cache_key = Some(plan.key.clone());
             let clock = Instant::now();
@@ -86,9 +87,34 @@ impl FlowRunner {
                     st.execution_time = Some(clock.elapsed().as_secs_f64());
                     return st;
                 }
-                Err(lead) => leader = lead,
+                Err(l) => lead = l,
             }
         }
+        let across = lead.as_ref().is_some_and(|l| l.across);
+        let leader = lead.map(|l| l.local);
+        let st = self
+            .attempts(flow_id, (def, step), st, active, (plan.as_ref(), leader))
+            .await;
+        if let (true, Some(plan)) = (across, &plan) {
+            // Stored or not, the other hosts need not wait any longer.
+            self.end_lead(&plan.key).await;
+        }
+        st
+    }
+
+    /// The attempts of a step under its retry policy, from `st` (recorded
+    /// running) until one completes (its result then stored under `plan`,
+    /// for the steps `leader` keeps waiting), fails for good, or the flow
+    /// is stopped.
+    async fn attempts(
+        &self,
+        flow_id: FlowId,
+        (def, step): (&FlowDefinition, &StepDef),
+        mut st: FlowStepState,
+        active: &Active,
+        (plan, mut leader): (Option<&CachePlan>, Option<Leader>),
+    ) -> FlowStepState {
+        let policy = self.inner.config.retry.with_overrides(&step.retry);
         let mut tries = 0;
         loop {
             tries += 1;
@@ -117,7 +143,7 @@ impl FlowRunner {
             });
             match attempt {
                 Attempt::Completed => {
-                    if let (Some(plan), Some(output)) = (&plan, &st.outputs) {
+                    if let (Some(plan), Some(output)) = (plan, &st.outputs) {
                         self.store_step_result((def, step), plan, output, leader.take())
                             .await;
                     }
