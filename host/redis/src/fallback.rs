@@ -285,6 +285,13 @@ impl StateStore for FallbackStore {
         Ok(removed)
     }
 
+    async fn repair_indexes(&self) -> Result<u64, StoreError> {
+        match self.current() {
+            Some(redis) => self.timed("repair_indexes", redis.repair_indexes()).await,
+            None => Ok(0),
+        }
+    }
+
     async fn remember_key(
         &self,
         key: &str,

@@ -1,13 +1,15 @@
 //! Reads of the start, name and status indexes: listing flows newest first,
-//! page by page with their summaries, and pruning the finished flows that
-//! finished before a cutoff.
+//! page by page with their summaries, pruning the finished flows that
+//! finished before a cutoff, and repairing status index lines that disagree
+//! with their flow's header (left by a host that died between a Cluster's
+//! flow script and its index commands).
 
 use chrono::{DateTime, Utc};
 use flowhost_core::state::{FlowId, FlowStatus, FlowSummary, ListFilter, StateStore, StoreError};
 use redis::Cmd;
 
 use crate::codec::{decode_summary, parse_flow_id, unavailable};
-use crate::keys::{Keys, SUMMARY_FIELDS};
+use crate::keys::{ALL_STATUSES, Keys, SUMMARY_FIELDS};
 use crate::store::RedisStore;
 
 /// The index a listing reads, and the range of it, newest first.
@@ -152,5 +154,80 @@ impl RedisStore {
             }
         }
         Ok(removed)
+    }
+
+    /// `StateStore::repair_indexes`: every line of each status index, a
+    /// page at a time, against its flow's header: a line whose flow is in
+    /// another status moves to that status's index (scored by the flow's
+    /// end when it finished, else keeping its score), and a line whose flow
+    /// is gone is dropped. A flow whose status changes meanwhile may be put
+    /// out of step again; its own index commands, or the next repair, put it
+    /// right. Returns how many lines were fixed.
+    pub(crate) async fn repair_status_index(&self) -> Result<u64, StoreError> {
+        const PAGE: isize = 500;
+        let mut fixed = 0;
+        for status in ALL_STATUSES {
+            let index = self.keys.by_status(status);
+            let mut offset = 0isize;
+            loop {
+                let page: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(offset)
+                    .arg(offset + PAGE - 1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(unavailable)?;
+                if page.is_empty() {
+                    break;
+                }
+                let moved = self.repair_page(&index, status, &page).await?;
+                fixed += moved;
+                offset += page.len() as isize - moved as isize;
+            }
+        }
+        Ok(fixed)
+    }
+
+    /// Fixes the lines of one page of `index` (the index of `status`) whose
+    /// flow disagrees; returns how many left the index.
+    async fn repair_page(
+        &self,
+        index: &str,
+        status: FlowStatus,
+        page: &[(String, f64)],
+    ) -> Result<u64, StoreError> {
+        let mut pipe = redis::pipe();
+        for (raw, _) in page {
+            let id = parse_flow_id(raw, "index member is not a flow id")?;
+            pipe.cmd("HMGET")
+                .arg(self.keys.flow(id))
+                .arg("status")
+                .arg("completed_at");
+        }
+        let headers: Vec<(Option<String>, Option<String>)> =
+            self.conn.query(&pipe).await.map_err(unavailable)?;
+        let mut fix = redis::pipe();
+        let mut moved = 0;
+        for ((raw, score), (actual, completed_at)) in page.iter().zip(headers) {
+            let actual = actual.and_then(|s| s.parse::<FlowStatus>().ok());
+            if actual == Some(status) {
+                continue;
+            }
+            if let Some(actual) = actual {
+                let ended = completed_at
+                    .filter(|_| actual.is_finished())
+                    .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+                    .map(|t| t.timestamp_millis() as f64);
+                fix.zadd(self.keys.by_status(actual), raw, ended.unwrap_or(*score))
+                    .ignore();
+            }
+            fix.zrem(index, raw).ignore();
+            moved += 1;
+        }
+        if moved > 0 {
+            self.conn.run(fix).await?;
+        }
+        Ok(moved)
     }
 }

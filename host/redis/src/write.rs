@@ -1,7 +1,8 @@
 //! Writes of flows: creating one (`CREATE_FLOW`), the fenced write of steps
 //! and header fields (`WRITE_FLOW`), and the index lines that follow a
 //! status, inline in the script on one server, in a pipeline after it on a
-//! Cluster.
+//! Cluster (where a host dying in between leaves lines that `index.rs`
+//! repairs).
 
 use chrono::Utc;
 use flowhost_core::state::{FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, StoreError};
@@ -66,10 +67,11 @@ impl RedisStore {
         let member = id.to_string();
         let at = flow.started_at.timestamp_millis();
         let mut pipe = redis::pipe();
+        // The status line first: it is how orphaned flows are found.
+        self.push_status_index(&mut pipe, id, flow.status, at);
         pipe.zadd(self.keys.started(), &member, at).ignore();
         pipe.zadd(self.keys.by_name(&flow.flow_name), &member, at)
             .ignore();
-        self.push_status_index(&mut pipe, id, flow.status, at);
         self.conn.run(pipe).await?;
         if queued {
             self.enqueue(id).await?;
@@ -97,14 +99,16 @@ impl RedisStore {
         }
     }
 
-    /// The index lines of a flow in `status` since `at_ms`, for a pipeline.
+    /// The index lines of a flow in `status` since `at_ms`, for a pipeline:
+    /// the new line first, so that a host dying half-way leaves the flow in
+    /// two indexes (which `repair_status_index` fixes), never in none.
     fn push_status_index(&self, pipe: &mut Pipeline, id: FlowId, status: FlowStatus, at_ms: i64) {
         let member = id.to_string();
+        pipe.zadd(self.keys.by_status(status), &member, at_ms)
+            .ignore();
         for other in self.keys.other_statuses(status) {
             pipe.zrem(other, &member).ignore();
         }
-        pipe.zadd(self.keys.by_status(status), &member, at_ms)
-            .ignore();
     }
 
     /// One fenced write of a flow's steps and header (see `WRITE_FLOW`).

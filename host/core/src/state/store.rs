@@ -75,6 +75,15 @@ pub trait StateStore: Send + Sync {
     /// Removes the finished flows (completed, failed, cancelled) that
     /// finished before `cutoff`; returns how many.
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Brings the status indexes in line with the flows' headers: a line in
+    /// the index of a status its flow is no longer in moves to the right
+    /// index, a line whose flow is gone is dropped. For stores whose indexes
+    /// can fall out of step (a Redis Cluster, where they are written after
+    /// the flow, command by command); `prune` does it first. Returns how many
+    /// lines it fixed.
+    async fn repair_indexes(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     /// Removes the finished flows that finished longer than `age` ago.
     async fn prune_older_than(&self, age: std::time::Duration) -> Result<u64, StoreError> {
         // An age too large to represent prunes nothing.
