@@ -3,7 +3,8 @@
 //! a host runs background flows, and started again on the same port and
 //! data after a while. A host that cannot record a step's start holds the
 //! flow instead of starting it, so every run completes and no step runs
-//! twice.
+//! twice. And the lease of such a flow: one that expired during the outage
+//! is taken back by its owner, unless another host took the flow meanwhile.
 //!
 //! Every execution of a step is reported by the `chaos` plugin to a ledger
 //! server in this test, over wasi:http, before the plugin does its work.
@@ -238,4 +239,69 @@ async fn no_step_starts_while_redis_is_down_and_none_runs_twice() {
         "{RUNS} runs: {before} completed before the outage, {during} step executions by its \
          end, {failed_writes} state writes failed and were held; every step executed once"
     );
+}
+
+fn store_config(url: &str, prefix: &str, owner: &str) -> flowhost_redis::RedisStoreConfig {
+    flowhost_redis::RedisStoreConfig {
+        url: url.to_owned(),
+        cluster: false,
+        key_prefix: prefix.into(),
+        response_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        retention: None,
+        owner: owner.into(),
+        lease_ttl: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn a_lease_that_expired_in_an_outage_is_taken_back_unless_the_flow_was_taken() {
+    use flowhost_core::state::{Claim, FlowId, StateStore};
+    let redis = DurableRedis::start();
+    let prefix = format!("t{}:", &FlowId::new().to_string()[24..]);
+    let (here, there) = (
+        flowhost_redis::RedisStore::connect(&store_config(&redis.url(), &prefix, "here"))
+            .await
+            .unwrap(),
+        flowhost_redis::RedisStore::connect(&store_config(&redis.url(), &prefix, "there"))
+            .await
+            .unwrap(),
+    );
+    let mut conn = redis.connection();
+    let lease = |id: FlowId| format!("{prefix}flow:{{{id}}}:lease");
+
+    // Created running, leased here; the lease runs out while this host
+    // cannot reach Redis, and nobody takes the flow meanwhile.
+    let kept = flowhost_core::testing::flow("lease", 1, 0);
+    here.create_flow(&kept).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(lease(kept.flow_id))
+        .query(&mut conn)
+        .unwrap();
+    let renewal = here.renew_claims().await.unwrap();
+    assert!(renewal.lost.is_empty(), "{renewal:?}");
+    let value: Option<String> = redis::cmd("GET")
+        .arg(lease(kept.flow_id))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("here 1"));
+    assert_eq!(
+        there.claim(kept.flow_id).await.unwrap(),
+        Claim::HeldElsewhere("here".into())
+    );
+
+    // The same, but another host took the flow before this one came back.
+    let taken = flowhost_core::testing::flow("lease", 1, 1);
+    here.create_flow(&taken).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(lease(taken.flow_id))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(there.claim(taken.flow_id).await.unwrap(), Claim::Granted);
+    let _: i64 = redis::cmd("DEL")
+        .arg(lease(taken.flow_id))
+        .query(&mut conn)
+        .unwrap();
+    let renewal = here.renew_claims().await.unwrap();
+    assert_eq!(renewal.lost, [taken.flow_id]);
 }
