@@ -113,7 +113,10 @@ pub enum PluginError {
 }
 
 impl PluginError {
-    /// Whether running the step again may succeed.
+    /// Whether running the step again may succeed: a transient failure the
+    /// plugin reported, and timeouts, traps and panics (a slow server the
+    /// plugin waits for, or a transient fault, may pass on a second try;
+    /// README, "Security" and "Retry" say so, `runner::tests` pins it).
     pub fn is_retryable(&self) -> bool {
         match self {
             PluginError::Retryable(_)
