@@ -672,7 +672,7 @@ fn cold_start(t: &mut Table) -> Result<()> {
         &with_cache,
         format!("artifacts_dir: {}\n", artifacts.path().display()),
     )?;
-    let start = |config: &std::path::Path| -> Result<Duration> {
+    let start = |config: &std::path::Path| -> Result<(Duration, Duration)> {
         let port = flowhost_tests::free_port();
         let started = Instant::now();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowhost"))
@@ -689,22 +689,33 @@ fn cold_start(t: &mut Table) -> Result<()> {
             std::thread::sleep(Duration::from_millis(2));
             anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "no start");
         }
-        let took = started.elapsed();
+        let listening = started.elapsed();
+        // Plugins load in the background: the host serves before they are
+        // all in. The second figure is the time until none is loading.
+        while !loaded(port) {
+            std::thread::sleep(Duration::from_millis(2));
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "no load");
+        }
+        let all_loaded = started.elapsed();
         child.kill()?;
         child.wait()?;
-        Ok(took)
+        Ok((listening, all_loaded))
     };
     let median = |config: &std::path::Path| -> Result<String> {
-        let mut samples = (0..5).map(|_| start(config)).collect::<Result<Vec<_>>>()?;
-        samples.sort();
+        let samples = (0..5).map(|_| start(config)).collect::<Result<Vec<_>>>()?;
+        let pick = |f: fn(&(Duration, Duration)) -> Duration| {
+            let mut v: Vec<Duration> = samples.iter().map(f).collect();
+            v.sort();
+            v[2].as_secs_f64() * 1e3
+        };
         Ok(format!(
-            "median {:.0} ms   (min {:.0} ms)",
-            samples[2].as_secs_f64() * 1e3,
-            samples[0].as_secs_f64() * 1e3
+            "listening: median {:.0} ms   every plugin loaded: median {:.0} ms",
+            pick(|s| s.0),
+            pick(|s| s.1)
         ))
     };
     t.row(
-        "6. cold start to serving, 10 plugins, no artifact cache",
+        "6. cold start, 10 plugins, no artifact cache",
         median(&no_cache)?,
     );
     // The first start fills the cache; the samples are the starts after it.
@@ -714,6 +725,19 @@ fn cold_start(t: &mut Table) -> Result<()> {
         median(&with_cache)?,
     );
     Ok(())
+}
+
+/// Whether the host on `port` says no plugin is loading any more.
+fn loaded(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let request = "GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    let mut answer = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut answer).is_ok()
+        && answer.contains("\"loading\":[]")
 }
 
 fn rss_bytes() -> u64 {

@@ -52,6 +52,7 @@ pub(super) async fn list_plugins(State(app): AppState) -> Json<Value> {
 
 /// Exactly one of the three selects what to remove.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct InvalidateQuery {
     /// Every result computed by this plugin.
@@ -94,6 +95,7 @@ pub(super) async fn invalidate_cache(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PruneQuery {
     /// Remove finished flows older than this: 30m, 12h, 7d.

@@ -28,9 +28,9 @@ use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
-use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder, Schema};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -208,30 +208,14 @@ fn document_rejections(doc: &mut utoipa::openapi::OpenApi, config: &Config) {
 }
 
 /// What the handlers of the cache and prune routes enforce on their query,
-/// which their query structs do not say: that they are query parameters (not
-/// path ones), which are required, the form of `older_than`, and the rule
-/// of the cache's three selectors, which no schema of query parameters can
-/// express (it is stated, and its 400 documented).
+/// which their query structs do not say: the form of `older_than`, and the
+/// rule of the cache's three selectors, which no schema of query parameters
+/// can express (it is stated, and its 400 documented).
 fn state_query_rules(path: &str, operation: &mut Operation) {
     for parameter in operation.parameters.iter_mut().flatten() {
         let RefOr::T(parameter) = parameter else {
             continue;
         };
-        if parameter.parameter_in == ParameterIn::Path
-            && !path.contains(&format!("{{{}}}", parameter.name))
-        {
-            parameter.parameter_in = ParameterIn::Query;
-            let optional = serde_json::to_value(&parameter.schema).is_ok_and(|s| {
-                s["type"]
-                    .as_array()
-                    .is_some_and(|t| t.contains(&"null".into()))
-            });
-            parameter.required = if optional {
-                Required::False
-            } else {
-                Required::True
-            };
-        }
         if parameter.name == "older_than"
             && let Some(RefOr::T(Schema::Object(schema))) = &mut parameter.schema
         {
