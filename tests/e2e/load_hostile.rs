@@ -145,6 +145,21 @@ async fn hostile_plugins_at_load_neither_delay_nor_take_down_the_host() {
         listing["errors"].as_array().unwrap().is_empty(),
         "{listing}"
     );
+    // Running it meanwhile is a 503 that says what it waits for, not a 404.
+    let early = client
+        .post(host.url("/api/v1/stalled/execute"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(early.status(), 503);
+    assert_eq!(early.headers()["retry-after"], "1");
+    let early: Value = early.json().await.unwrap();
+    assert_eq!(early["code"], "flow_loading", "{early}");
+    assert!(
+        early["error"].as_str().unwrap().contains("describe-sleeps"),
+        "{early}"
+    );
 
     // The ordinary flow is served as soon as its plugins are loaded.
     until(

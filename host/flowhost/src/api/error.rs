@@ -13,6 +13,8 @@ use flowhost_core::state::StoreError;
 pub enum ApiError {
     #[error("no flow named `{name}`; loaded flows: [{}]", known.join(", "))]
     UnknownFlow { name: String, known: Vec<String> },
+    #[error("flow `{name}` is not served yet: it waits for plugin(s) [{}] still loading; retry shortly", plugins.join(", "))]
+    FlowLoading { name: String, plugins: Vec<String> },
     #[error("no run {id} of flow `{flow}`")]
     RunNotFound { flow: String, id: String },
     #[error("`{0}` is not a flow id: expected a UUID such as 0193a7c4-5e1b-7cc0-9f3a-2d4e5f607182")]
@@ -76,6 +78,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::UnknownFlow { .. } => (StatusCode::NOT_FOUND, "unknown_flow"),
+            ApiError::FlowLoading { .. } => (StatusCode::SERVICE_UNAVAILABLE, "flow_loading"),
             ApiError::RunNotFound { .. } => (StatusCode::NOT_FOUND, "run_not_found"),
             ApiError::BadFlowId(_) => (StatusCode::BAD_REQUEST, "bad_flow_id"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
@@ -208,13 +211,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = self.answer();
         let mut response = (status, Json(body)).into_response();
-        if let ApiError::Busy {
-            retry_after_secs, ..
-        } = &self
-        {
+        let retry_after = match &self {
+            ApiError::Busy {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::FlowLoading { .. } => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(*retry_after_secs),
+                axum::http::HeaderValue::from(secs),
             );
         }
         response

@@ -40,7 +40,7 @@ pub(super) struct ActiveQuery {
         (status = 200, body = RunPage),
         (status = 400, description = "Bad status, time, limit or cursor", body = ErrorBody),
         (status = 404, description = "Unknown flow", body = ErrorBody),
-        (status = 503, description = "The state store is unavailable", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable, or the flow waits for a plugin still loading", body = ErrorBody),
     )
 )]
 pub(super) async fn active_flows(
@@ -129,7 +129,7 @@ const ANALYTICS_RUNS: usize = 1000;
         (status = 200, description = "See the analytics module for the fields", body = Object),
         (status = 400, description = "Bad window", body = ErrorBody),
         (status = 404, description = "Unknown flow", body = ErrorBody),
-        (status = 503, description = "The state store is unavailable", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable, or the flow waits for a plugin still loading", body = ErrorBody),
     )
 )]
 pub(super) async fn analytics(

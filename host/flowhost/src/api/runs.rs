@@ -39,10 +39,22 @@ pub(super) struct ExecuteRequest {
     metadata: Map<String, Value>,
 }
 
+/// The flow served under `name`: 404 for none, 503 for one that waits for
+/// a plugin still loading.
 pub(super) fn flow_def(app: &App, name: &str) -> Result<Arc<FlowDefinition>, ApiError> {
-    app.flows.get(name).ok_or_else(|| ApiError::UnknownFlow {
+    let flows = app.flows.snapshot();
+    if let Some(def) = flows.get(name) {
+        return Ok(def.clone());
+    }
+    if let Some(waiting) = flows.waiting().iter().find(|w| w.name == name) {
+        return Err(ApiError::FlowLoading {
+            name: name.to_owned(),
+            plugins: waiting.plugins.clone(),
+        });
+    }
+    Err(ApiError::UnknownFlow {
         name: name.to_owned(),
-        known: app.flows.flows().map(|f| f.name.clone()).collect(),
+        known: flows.flows().map(|f| f.name.clone()).collect(),
     })
 }
 
@@ -100,7 +112,7 @@ fn in_flow(flow: &str, raw_id: &str, e: RunError) -> ApiError {
         (status = 404, description = "Unknown flow", body = ErrorBody),
         (status = 409, description = "flow_id already used", body = ErrorBody),
         (status = 422, description = "Inputs that do not match the flow's declaration", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the state store is unavailable", body = ErrorBody),
+        (status = 503, description = "Shutting down, the state store is unavailable, or the flow waits for a plugin still loading", body = ErrorBody),
     )
 )]
 pub(super) async fn execute(
@@ -184,7 +196,7 @@ fn execute_request(
         (status = 409, description = "flow_id already used", body = ErrorBody),
         (status = 422, description = "Inputs that do not match the flow's declaration", body = ErrorBody),
         (status = 429, description = "Too many runs in flight; see Retry-After", body = ErrorBody),
-        (status = 503, description = "Redis unreachable, or shutting down", body = ErrorBody),
+        (status = 503, description = "Redis unreachable, shutting down, or the flow waits for a plugin still loading", body = ErrorBody),
     )
 )]
 pub(super) async fn execute_async(
@@ -219,7 +231,7 @@ pub(super) async fn execute_async(
         (status = 200, body = FlowRunView),
         (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown flow or run", body = ErrorBody),
-        (status = 503, description = "The state store is unavailable", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable, or the flow waits for a plugin still loading", body = ErrorBody),
     )
 )]
 pub(super) async fn status(
@@ -241,7 +253,7 @@ pub(super) async fn status(
         (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown flow or run", body = ErrorBody),
         (status = 409, description = "Completed, cancelled, or running here now", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the state store is unavailable", body = ErrorBody),
+        (status = 503, description = "Shutting down, the state store is unavailable, or the flow waits for a plugin still loading", body = ErrorBody),
     )
 )]
 pub(super) async fn resume(
@@ -268,7 +280,7 @@ pub(super) async fn resume(
         (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown flow, run or step", body = ErrorBody),
         (status = 409, description = "The step has not failed, or the run is running here now", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the state store is unavailable", body = ErrorBody),
+        (status = 503, description = "Shutting down, the state store is unavailable, or the flow waits for a plugin still loading", body = ErrorBody),
     )
 )]
 pub(super) async fn retry(
@@ -292,7 +304,7 @@ pub(super) async fn retry(
         (status = 400, description = "Not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown flow or run", body = ErrorBody),
         (status = 409, description = "The run completed already", body = ErrorBody),
-        (status = 503, description = "The state store is unavailable", body = ErrorBody),
+        (status = 503, description = "The state store is unavailable, or the flow waits for a plugin still loading", body = ErrorBody),
     )
 )]
 pub(super) async fn cancel(
