@@ -5,7 +5,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 target=wasm32-wasip2
-out="$here/target/$target/release"
+# Where cargo puts the components: its CARGO_TARGET_DIR when one is set.
+out="${CARGO_TARGET_DIR:-$here/target}/$target/release"
 
 executors=(text-normalize text-stats keywords summarize llm-complete)
 testing=(echo chaos other-world hostile describe-sleeps describe-loops describe-huge describe-oom)
