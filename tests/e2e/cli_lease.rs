@@ -7,27 +7,11 @@
 //! server in this test, over wasi:http, before the plugin does its work.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use flowhost_tests::{
-    Host, RedisServer, config_file, fake_http_server, flowhost_command, flows_dir, plugin_wasm,
+    Host, RedisServer, chaos_plugins, config_file, flowhost_command, flows_dir, ledger,
 };
 use serde_json::Value;
-
-/// An HTTP server that counts the executions the `chaos` plugin reports,
-/// by step.
-fn ledger() -> (u16, Arc<Mutex<HashMap<String, usize>>>) {
-    let runs = Arc::new(Mutex::new(HashMap::new()));
-    let log = runs.clone();
-    let port = fake_http_server(move |request| {
-        if let Ok(report) = serde_json::from_slice::<Value>(&request.body) {
-            let step = report["step"].as_str().unwrap_or_default().to_owned();
-            *log.lock().unwrap().entry(step).or_insert(0) += 1;
-        }
-        "{}".to_owned()
-    });
-    (port, runs)
-}
 
 /// Five steps, three of them 9 s long: about 30 s in all.
 fn flow(report: &str) -> String {
@@ -47,30 +31,12 @@ fn flow(report: &str) -> String {
     )
 }
 
-async fn metric(host: &Host, name: &str) -> f64 {
-    let text = reqwest::get(host.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30_s_cli_run_keeps_its_lease_beside_a_server() {
     let redis = RedisServer::start().unwrap();
-    let (ledger_port, runs) = ledger();
+    let (ledger_port, runs_reported) = ledger();
     let report_url = format!("http://127.0.0.1:{ledger_port}/report");
-    let plugins = tempfile::tempdir().unwrap();
-    std::fs::copy(plugin_wasm("chaos"), plugins.path().join("chaos.wasm")).unwrap();
-    std::fs::write(
-        plugins.path().join("chaos.toml"),
-        format!("[http]\nallow = [\"127.0.0.1:{ledger_port}\"]\n"),
-    )
-    .unwrap();
+    let plugins = chaos_plugins(ledger_port);
     let flows = flows_dir(&[("long", &flow(&report_url))]);
     // Short leases, and the server takes over flows left without one.
     let config = config_file("queue: {lease_ttl_ms: 2000}\nrecovery: {resume_on_start: true}\n");
@@ -100,7 +66,12 @@ async fn a_30_s_cli_run_keeps_its_lease_beside_a_server() {
         "{result}"
     );
 
-    let runs = runs.lock().unwrap().clone();
+    // Executions by step.
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for report in runs_reported.lock().unwrap().iter() {
+        let step = report["step"].as_str().unwrap_or_default().to_owned();
+        *runs.entry(step).or_insert(0) += 1;
+    }
     for step in ["a", "b", "c", "d", "e"] {
         assert_eq!(
             runs.get(step).copied(),
@@ -108,7 +79,7 @@ async fn a_30_s_cli_run_keeps_its_lease_beside_a_server() {
             "step {step} executions: {runs:?}"
         );
     }
-    let reclaimed = metric(&server, "flowhost_flows_reclaimed_total").await;
+    let reclaimed = server.metric("flowhost_flows_reclaimed_total");
     assert_eq!(reclaimed, 0.0, "the server took the CLI run over");
     let mut conn = redis.connection();
     let id = result["flow_id"].as_str().unwrap();

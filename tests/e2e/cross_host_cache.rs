@@ -14,7 +14,7 @@ use std::time::Duration;
 use flowhost_core::state::FlowId;
 use flowhost_core::testing::shared_leads;
 use flowhost_redis::{RedisStore, RedisStoreConfig};
-use flowhost_tests::{Host, RedisServer, config_file, fake_http_server, flows_dir, plugin_wasm};
+use flowhost_tests::{Host, RedisServer, chaos_plugins, config_file, fake_http_server, flows_dir};
 use serde_json::{Value, json};
 
 fn store_config(server: &RedisServer, prefix: &str, owner: &str) -> RedisStoreConfig {
@@ -53,13 +53,7 @@ async fn the_same_slow_step_on_two_hosts_runs_once() {
         "{}".to_owned()
     });
     let report = format!("http://127.0.0.1:{ledger_port}/report");
-    let plugins = tempfile::tempdir().unwrap();
-    std::fs::copy(plugin_wasm("chaos"), plugins.path().join("chaos.wasm")).unwrap();
-    std::fs::write(
-        plugins.path().join("chaos.toml"),
-        format!("[http]\nallow = [\"127.0.0.1:{ledger_port}\"]\n"),
-    )
-    .unwrap();
+    let plugins = chaos_plugins(ledger_port);
     // `chaos` says it is not deterministic: the step forces its caching.
     let flow = format!(
         "name: shared

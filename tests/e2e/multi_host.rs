@@ -8,43 +8,13 @@
 //! server in this test, over wasi:http, before the plugin does its work.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use flowhost_tests::{
-    Host, RedisServer, config_file, fake_http_server, flows_dir, plugin_wasm, redis_flow_field,
-    redis_step,
+    Host, RedisServer, chaos_plugins, config_file, flows_dir, ledger, redis_flow_field, redis_step,
 };
 use serde_json::{Value, json};
-
-/// One reported execution: flow id, step, attempt, when it began (by the
-/// wall clock the plugin read, the host's).
-type Report = (String, String, u64, DateTime<Utc>);
-
-/// An HTTP server that records every JSON report POSTed to it. The time is
-/// the one the plugin reports, not the arrival: a host frozen in the middle
-/// of sending a report delivers it late.
-fn ledger() -> (u16, Arc<Mutex<Vec<Report>>>) {
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let log = reports.clone();
-    let port = fake_http_server(move |request| {
-        if let Ok(report) = serde_json::from_slice::<Value>(&request.body) {
-            let started = report["started_ms"]
-                .as_i64()
-                .and_then(DateTime::from_timestamp_millis)
-                .expect("started_ms in the report");
-            log.lock().unwrap().push((
-                report["flow_id"].as_str().unwrap_or_default().to_owned(),
-                report["step"].as_str().unwrap_or_default().to_owned(),
-                report["attempt"].as_u64().unwrap_or(0),
-                started,
-            ));
-        }
-        "{}".to_owned()
-    });
-    (port, reports)
-}
 
 fn flow(name: &str, slow_ms: u64, report: &str) -> String {
     format!(
@@ -70,30 +40,12 @@ outputs:
     )
 }
 
-async fn metric(host: &Host, name: &str) -> f64 {
-    let text = reqwest::get(host.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_share_300_flows_through_a_kill_and_a_freeze() {
     let redis = RedisServer::start().unwrap();
     let (ledger_port, reports) = ledger();
     let report_url = format!("http://127.0.0.1:{ledger_port}/report");
-    let plugins = tempfile::tempdir().unwrap();
-    std::fs::copy(plugin_wasm("chaos"), plugins.path().join("chaos.wasm")).unwrap();
-    std::fs::write(
-        plugins.path().join("chaos.toml"),
-        format!("[http]\nallow = [\"127.0.0.1:{ledger_port}\"]\n"),
-    )
-    .unwrap();
+    let plugins = chaos_plugins(ledger_port);
     let flows = flows_dir(&[
         ("fast", &flow("fast", 20, &report_url)),
         ("slow", &flow("slow", 1500, &report_url)),
@@ -169,10 +121,16 @@ async fn three_hosts_share_300_flows_through_a_kill_and_a_freeze() {
     // No step started after its completion was recorded.
     let reports = reports.lock().unwrap().clone();
     let mut runs: HashMap<(String, String), Vec<DateTime<Utc>>> = HashMap::new();
-    for (flow, step, _, at) in &reports {
-        runs.entry((flow.clone(), step.clone()))
-            .or_default()
-            .push(*at);
+    for report in &reports {
+        // The time the plugin read, not the report's arrival: a host frozen
+        // in the middle of sending a report delivers it late.
+        let at = report["started_ms"]
+            .as_i64()
+            .and_then(DateTime::from_timestamp_millis)
+            .expect("started_ms in the report");
+        let flow = report["flow_id"].as_str().unwrap_or_default().to_owned();
+        let step = report["step"].as_str().unwrap_or_default().to_owned();
+        runs.entry((flow, step)).or_default().push(at);
     }
     let mut rerun_in_flight = 0;
     for (id, _) in &ids {
@@ -198,11 +156,11 @@ async fn three_hosts_share_300_flows_through_a_kill_and_a_freeze() {
 
     // The frozen host came back, found its leases taken, and its late writes
     // were refused and counted.
-    let fenced = metric(&hosts[1], "flowhost_state_fenced_writes_total").await;
-    let lost = metric(&hosts[1], "flowhost_leases_lost_total").await;
+    let fenced = hosts[1].metric("flowhost_state_fenced_writes_total");
+    let lost = hosts[1].metric("flowhost_leases_lost_total");
     assert!(fenced >= 1.0, "no fenced write counted on the frozen host");
-    let reclaimed = metric(&hosts[2], "flowhost_flows_reclaimed_total").await
-        + metric(&hosts[1], "flowhost_flows_reclaimed_total").await;
+    let reclaimed = hosts[2].metric("flowhost_flows_reclaimed_total")
+        + hosts[1].metric("flowhost_flows_reclaimed_total");
     assert!(reclaimed >= 1.0, "no flow was taken over");
     println!(
         "300 flows: submitted in {submitted:?}, all completed in {all_done:?}; \

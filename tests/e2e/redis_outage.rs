@@ -11,10 +11,10 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use flowhost_tests::{Host, config_file, fake_http_server, flows_dir, free_port, plugin_wasm};
+use flowhost_tests::{Host, chaos_plugins, config_file, flows_dir, free_port, ledger};
 use serde_json::{Value, json};
 
 /// A redis-server whose data survives a SIGKILL: AOF, every write synced
@@ -90,24 +90,17 @@ impl Drop for DurableRedis {
     }
 }
 
-/// Executions of each step, by (flow id, step).
-type Ledger = Arc<Mutex<HashMap<(String, String), usize>>>;
-
-/// An HTTP server that counts the executions the `chaos` plugin reports.
-fn ledger() -> (u16, Ledger) {
-    let runs = Arc::new(Mutex::new(HashMap::new()));
-    let log = runs.clone();
-    let port = fake_http_server(move |request| {
-        if let Ok(report) = serde_json::from_slice::<Value>(&request.body) {
-            let key = (
-                report["flow_id"].as_str().unwrap_or_default().to_owned(),
-                report["step"].as_str().unwrap_or_default().to_owned(),
-            );
-            *log.lock().unwrap().entry(key).or_insert(0) += 1;
-        }
-        "{}".to_owned()
-    });
-    (port, runs)
+/// Executions of each step, by (flow id, step), from the ledger's reports.
+fn executions(reports: &Mutex<Vec<Value>>) -> HashMap<(String, String), usize> {
+    let mut runs = HashMap::new();
+    for report in reports.lock().unwrap().iter() {
+        let key = (
+            report["flow_id"].as_str().unwrap_or_default().to_owned(),
+            report["step"].as_str().unwrap_or_default().to_owned(),
+        );
+        *runs.entry(key).or_insert(0) += 1;
+    }
+    runs
 }
 
 /// Four steps, the middle two slow, each reporting its executions.
@@ -134,31 +127,13 @@ fn completed(conn: &mut redis::Connection) -> usize {
         .unwrap()
 }
 
-async fn metric(host: &Host, name: &str) -> f64 {
-    let text = reqwest::get(host.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_step_starts_while_redis_is_down_and_none_runs_twice() {
     const RUNS: usize = 30;
     let mut redis = DurableRedis::start();
     let (ledger_port, runs) = ledger();
     let report_url = format!("http://127.0.0.1:{ledger_port}/report");
-    let plugins = tempfile::tempdir().unwrap();
-    std::fs::copy(plugin_wasm("chaos"), plugins.path().join("chaos.wasm")).unwrap();
-    std::fs::write(
-        plugins.path().join("chaos.toml"),
-        format!("[http]\nallow = [\"127.0.0.1:{ledger_port}\"]\n"),
-    )
-    .unwrap();
+    let plugins = chaos_plugins(ledger_port);
     let flows = flows_dir(&[("four", &flow(&report_url))]);
     let config = config_file(
         "queue: {lease_ttl_ms: 10000}\n\
@@ -188,14 +163,7 @@ async fn no_step_starts_while_redis_is_down_and_none_runs_twice() {
     }
     // Mid-run: every run started, most are in a slow step.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while runs
-        .lock()
-        .unwrap()
-        .keys()
-        .filter(|(_, s)| s == "a")
-        .count()
-        < RUNS
-    {
+    while executions(&runs).keys().filter(|(_, s)| s == "a").count() < RUNS {
         assert!(Instant::now() < deadline, "the runs did not all start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -203,7 +171,7 @@ async fn no_step_starts_while_redis_is_down_and_none_runs_twice() {
     redis.kill();
     // The outage: longer than a slow step, shorter than a lease.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let during: usize = runs.lock().unwrap().values().sum();
+    let during = runs.lock().unwrap().len();
     redis.launch();
 
     let mut conn = redis.connection();
@@ -226,11 +194,11 @@ async fn no_step_starts_while_redis_is_down_and_none_runs_twice() {
         let outputs: Value = serde_json::from_str(&outputs.unwrap()).unwrap();
         assert_eq!(outputs["n"], *n, "run {id}");
     }
-    let runs = runs.lock().unwrap().clone();
+    let runs = executions(&runs);
     let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "steps executed more than once: {twice:?}");
     assert_eq!(runs.len(), RUNS * 4, "every step executed");
-    let failed_writes = metric(&host, "flowhost_state_write_errors_total").await;
+    let failed_writes = host.metric("flowhost_state_write_errors_total");
     assert!(
         failed_writes >= 1.0,
         "no state write failed: the outage missed the runs"

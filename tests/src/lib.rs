@@ -353,6 +353,15 @@ impl Host {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The value of one sample in `/metrics` (0 when absent), e.g.
+    /// `flowhost_flows_reclaimed_total`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = http_get(self.port, "/metrics", None).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// The process id, to read its memory from /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -397,27 +406,65 @@ impl Drop for Host {
     }
 }
 
-/// Whether the host on `port` answers `/healthz` with no plugin file left
-/// loading (plugins load in the background once it listens).
-fn plugins_settled(port: u16, token: Option<&str>) -> bool {
+/// The body of `GET path` on the host on `port` (HTTP/1.1, one request, no
+/// client library): `None` when it cannot be reached.
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<String> {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     let request =
-        format!("GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}connection: close\r\n\r\n");
+        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}connection: close\r\n\r\n");
     let mut answer = String::new();
-    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut answer).is_err()
-    {
-        return false;
-    }
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|health| {
-        health["plugins"]["loading"]
-            .as_array()
-            .is_none_or(|loading| loading.is_empty())
+    stream.write_all(request.as_bytes()).ok()?;
+    stream.read_to_string(&mut answer).ok()?;
+    Some(
+        answer
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned(),
+    )
+}
+
+/// Whether the host on `port` answers `/healthz` with no plugin file left
+/// loading (plugins load in the background once it listens).
+pub fn plugins_settled(port: u16, token: Option<&str>) -> bool {
+    http_get(port, "/healthz", token).is_some_and(|body| {
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|health| {
+            health["plugins"]["loading"]
+                .as_array()
+                .is_none_or(|loading| loading.is_empty())
+        })
     })
+}
+
+/// An HTTP server that keeps every report the `chaos` plugin posts (its
+/// `report_url` config): one JSON object per execution of a step, with
+/// `flow_id`, `step`, `attempt` and `started_ms`. Returns the port.
+pub fn ledger() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = reports.clone();
+    let port = fake_http_server(move |request| {
+        if let Ok(report) = serde_json::from_slice(&request.body) {
+            log.lock().unwrap().push(report);
+        }
+        "{}".to_owned()
+    });
+    (port, reports)
+}
+
+/// A fresh plugins folder with the `chaos` plugin, allowed to call the
+/// [`ledger`] on `ledger_port`.
+pub fn chaos_plugins(ledger_port: u16) -> TempDir {
+    let dir = plugins_dir(&["chaos"]);
+    std::fs::write(
+        dir.path().join("chaos.toml"),
+        format!("[http]\nallow = [\"127.0.0.1:{ledger_port}\"]\n"),
+    )
+    .expect("write chaos.toml");
+    dir
 }
 
 /// A sample document for the example flows.

@@ -197,6 +197,38 @@ async fn serve(app: &Arc<App>) -> Result<String> {
     Ok(format!("http://{addr}"))
 }
 
+/// Runs `flow` on each server in turn, `warm + kept` rounds, and returns the
+/// latencies of the last `kept` rounds by server name: interleaved, so that
+/// the machine's noise falls on every server alike.
+async fn interleaved<'a>(
+    client: &reqwest::Client,
+    servers: &[(&'a str, &str)],
+    flow: &str,
+    warm: usize,
+    kept: usize,
+) -> Result<HashMap<&'a str, Vec<Duration>>> {
+    let body = json!({"inputs": {"text": "hello"}}).to_string();
+    let mut samples: HashMap<&str, Vec<Duration>> = HashMap::new();
+    for i in 0..warm + kept {
+        for (name, base) in servers {
+            let c = Instant::now();
+            let run: Value = client
+                .post(format!("{base}/api/v1/{flow}/execute"))
+                .body(body.clone())
+                .send()
+                .await?
+                .json()
+                .await?;
+            let took = c.elapsed();
+            anyhow::ensure!(run["status"] == "completed", "{run}");
+            if i >= warm {
+                samples.entry(name).or_default().push(took);
+            }
+        }
+    }
+    Ok(samples)
+}
+
 /// Item 2, sync flows of 1, 3 and 10 steps over HTTP, memory store against
 /// Redis, beside the HTTP floor (a GET of /healthz on the same server).
 async fn sync_latency(t: &mut Table, redis: &RedisServer) -> Result<()> {
@@ -209,7 +241,6 @@ async fn sync_latency(t: &mut Table, redis: &RedisServer) -> Result<()> {
     let memory = serve(&build_app(None, plugins.path(), flows.path()).await?).await?;
     let with_redis = serve(&build_app(Some(redis), plugins.path(), flows.path()).await?).await?;
     let client = reqwest::Client::new();
-    let body = json!({"inputs": {"text": "hello"}}).to_string();
     let mut floor = Vec::new();
     for i in 0..2200 {
         let c = Instant::now();
@@ -230,24 +261,8 @@ async fn sync_latency(t: &mut Table, redis: &RedisServer) -> Result<()> {
         format!("p50 {p50:.0} µs   p99 {p99:.0} µs"),
     );
     for flow in ["c1", "c3", "c10"] {
-        let mut samples: HashMap<&str, Vec<Duration>> = HashMap::new();
-        for i in 0..2200 {
-            for (store, base) in [("memory", &memory), ("redis", &with_redis)] {
-                let c = Instant::now();
-                let run: Value = client
-                    .post(format!("{base}/api/v1/{flow}/execute"))
-                    .body(body.clone())
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                let took = c.elapsed();
-                anyhow::ensure!(run["status"] == "completed", "{run}");
-                if i >= 200 {
-                    samples.entry(store).or_default().push(took);
-                }
-            }
-        }
+        let servers = [("memory", memory.as_str()), ("redis", with_redis.as_str())];
+        let mut samples = interleaved(&client, &servers, flow, 200, 2000).await?;
         for store in ["memory", "redis"] {
             let (p50, p99) = summary(samples.remove(store).unwrap_or_default());
             let steps = &flow[1..];
@@ -282,25 +297,8 @@ async fn fsync_cost(t: &mut Table) -> Result<()> {
         servers.push((policy, serve(&app).await?, redis));
     }
     let client = reqwest::Client::new();
-    let body = json!({"inputs": {"text": "hello"}}).to_string();
-    let mut samples: HashMap<&str, Vec<Duration>> = HashMap::new();
-    for i in 0..1100 {
-        for (policy, base, _) in &servers {
-            let c = Instant::now();
-            let run: Value = client
-                .post(format!("{base}/api/v1/c3/execute"))
-                .body(body.clone())
-                .send()
-                .await?
-                .json()
-                .await?;
-            let took = c.elapsed();
-            anyhow::ensure!(run["status"] == "completed", "{run}");
-            if i >= 100 {
-                samples.entry(policy).or_default().push(took);
-            }
-        }
-    }
+    let bases: Vec<(&str, &str)> = servers.iter().map(|(p, b, _)| (*p, b.as_str())).collect();
+    let mut samples = interleaved(&client, &bases, "c3", 100, 1000).await?;
     let (base50, _) = summary(samples["everysec"].clone());
     for policy in ["everysec", "always"] {
         let (p50, p99) = summary(samples.remove(policy).unwrap_or_default());
@@ -692,7 +690,7 @@ fn cold_start(t: &mut Table) -> Result<()> {
         let listening = started.elapsed();
         // Plugins load in the background: the host serves before they are
         // all in. The second figure is the time until none is loading.
-        while !loaded(port) {
+        while !flowhost_tests::plugins_settled(port, None) {
             std::thread::sleep(Duration::from_millis(2));
             anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "no load");
         }
@@ -725,19 +723,6 @@ fn cold_start(t: &mut Table) -> Result<()> {
         median(&with_cache)?,
     );
     Ok(())
-}
-
-/// Whether the host on `port` says no plugin is loading any more.
-fn loaded(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let request = "GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
-    let mut answer = String::new();
-    stream.write_all(request.as_bytes()).is_ok()
-        && stream.read_to_string(&mut answer).is_ok()
-        && answer.contains("\"loading\":[]")
 }
 
 fn rss_bytes() -> u64 {
