@@ -100,14 +100,9 @@ impl ResultCache for RedisStore {
     /// `SET NX` of the lead key with this host's name and a TTL; the value
     /// it held instead, if any, says whether this host led already.
     async fn lead(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
-        let holder: Option<String> = redis::cmd("SET")
-            .arg(self.keys.result_lead(key))
-            .arg(&self.owner)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut self.conn.clone())
+        let holder = self
+            .conn
+            .set_nx_get(self.keys.result_lead(key), &self.owner, ttl)
             .await
             .map_err(cache_unavailable)?;
         Ok(holder.is_none_or(|h| h == self.owner))

@@ -81,6 +81,25 @@ impl Conn {
         matches!(self, Conn::Cluster(_))
     }
 
+    /// `SET key value NX GET PX ttl`: sets `key` unless it exists, in one
+    /// round trip, and answers the value it held instead (`None`: it is set).
+    pub(crate) async fn set_nx_get(
+        &self,
+        key: String,
+        value: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>, RedisError> {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.clone())
+            .await
+    }
+
     /// Runs a pipeline: as one MULTI/EXEC on one server (a header field and
     /// its status index never disagree); on a Cluster, whose keys live in
     /// many slots, command by command.

@@ -151,14 +151,9 @@ impl StateStore for RedisStore {
         ttl: Duration,
     ) -> Result<Option<FlowId>, StoreError> {
         // SET NX GET: one round trip, the earlier value when there is one.
-        let earlier: Option<String> = redis::cmd("SET")
-            .arg(self.keys.idempotency(key))
-            .arg(id.to_string())
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut self.conn.clone())
+        let earlier = self
+            .conn
+            .set_nx_get(self.keys.idempotency(key), &id.to_string(), ttl)
             .await
             .map_err(unavailable)?;
         earlier
