@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 
+use crate::blob::{self, BlobError, BlobId, BlobStore, CHUNK, Hold};
 use crate::cache::{CachedResult, Invalidate, ResultCache};
 use crate::state::{
     FlowId, FlowPatch, FlowState, FlowStatus, FlowStepState, FlowSummary, ListFilter, StateStore,
@@ -306,6 +307,98 @@ pub async fn shared_leads(a: &dyn ResultCache, b: &dyn ResultCache) {
     b.end_lead(&brief).await.unwrap();
 }
 
+/// Bytes that differ from chunk to chunk (so that a chunk read from the
+/// wrong place shows), `len` of them.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(u32::from(seed)) as u8)
+        .collect()
+}
+
+/// The `BlobStore` contract: content addressing (the same bytes, the same
+/// id, stored once; the first media type stays), whole and ranged reads
+/// across chunk boundaries, uploads aborted or dropped leaving nothing
+/// visible, holds and the conditional removal the retention sweep relies on.
+pub async fn blob_store(store: &dyn BlobStore) {
+    let bytes = pattern(2 * CHUNK + 1234, 3);
+    let r = blob::put(store, "image/png", &bytes).await.unwrap();
+    assert_eq!(r.id, BlobId::of(&bytes));
+    assert_eq!((r.size, r.media_type.as_str(), r.offloaded), (bytes.len() as u64, "image/png", false));
+    let stat = store.stat(&r.id).await.unwrap().expect("stored");
+    assert_eq!((stat.size, stat.media_type.as_str()), (bytes.len() as u64, "image/png"));
+    assert_eq!(blob::get(store, &r.id).await.unwrap(), bytes);
+    assert!(store.list().await.unwrap().contains(&r.id));
+
+    // ranges: within a chunk, across a boundary, at and past the end
+    for (offset, len) in [(0, 10), (CHUNK as u64 - 5, 10), (CHUNK as u64, CHUNK as u64 + 1), (bytes.len() as u64 - 3, 100)] {
+        let end = (offset + len).min(bytes.len() as u64) as usize;
+        assert_eq!(
+            store.read(&r.id, offset, len).await.unwrap(),
+            &bytes[offset as usize..end],
+            "range {offset}+{len}"
+        );
+    }
+    assert!(store.read(&r.id, bytes.len() as u64 + 5, 10).await.unwrap().is_empty());
+
+    // the same bytes again: the same reference, the first media type, touched
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = blob::put(store, "application/octet-stream", &bytes).await.unwrap();
+    assert_eq!(again, r);
+    let touched = store.stat(&r.id).await.unwrap().unwrap().touched_at;
+    assert!(touched > stat.touched_at, "a second upload touches the blob");
+
+    // an empty blob is a blob
+    let empty = blob::put(store, "text/plain", b"").await.unwrap();
+    assert_eq!((empty.id.clone(), empty.size), (BlobId::of(b""), 0));
+    assert!(store.read(&empty.id, 0, 10).await.unwrap().is_empty());
+
+    // uploads given up leave nothing behind
+    let partial = pattern(CHUNK + 7, 9);
+    let mut up = store.begin("image/jpeg").await.unwrap();
+    up.write(&partial).await.unwrap();
+    assert_eq!(up.size(), partial.len() as u64);
+    up.abort().await;
+    let mut up = store.begin("image/jpeg").await.unwrap();
+    up.write(&partial).await.unwrap();
+    drop(up);
+    assert_eq!(store.stat(&BlobId::of(&partial)).await.unwrap(), None);
+    assert!(!store.list().await.unwrap().contains(&BlobId::of(&partial)));
+
+    // a blob that is not there
+    let missing = BlobId::of(b"never stored");
+    assert_eq!(store.stat(&missing).await.unwrap(), None);
+    assert!(matches!(store.read(&missing, 0, 1).await, Err(BlobError::NotFound(id)) if id == missing));
+    let run = Hold { holder: "flow:0190d5a4-0000-7000-8000-000000000001".into(), until: None };
+    assert!(matches!(store.hold(&missing, &run).await, Err(BlobError::NotFound(_))));
+
+    // holds, and removal only without them and only when old enough
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let entry = Hold { holder: "cache:k1".into(), until: Some(later) };
+    store.hold(&r.id, &run).await.unwrap();
+    store.hold(&r.id, &entry).await.unwrap();
+    store.hold(&r.id, &run).await.unwrap();
+    let mut holds = store.holds(&r.id).await.unwrap();
+    holds.sort_by(|a, b| a.holder.cmp(&b.holder));
+    assert_eq!(holds.len(), 2, "holds are a set: {holds:?}");
+    assert_eq!(holds[0].holder, "cache:k1");
+    assert_eq!(holds[0].until.map(|t| t.timestamp_millis()), Some(later.timestamp_millis()));
+    assert_eq!(holds[1], run);
+    let future = Utc::now() + chrono::Duration::hours(2);
+    assert!(!store.remove_unheld(&r.id, future).await.unwrap(), "removed while held");
+    store.release(&r.id, &["cache:k1".into(), run.holder.clone()]).await.unwrap();
+    assert!(store.holds(&r.id).await.unwrap().is_empty());
+    assert!(!store.remove_unheld(&r.id, touched).await.unwrap(), "removed while young");
+    assert!(store.remove_unheld(&r.id, future).await.unwrap());
+    assert_eq!(store.stat(&r.id).await.unwrap(), None);
+    assert!(matches!(store.read(&r.id, 0, 1).await, Err(BlobError::NotFound(_))));
+    assert!(!store.list().await.unwrap().contains(&r.id));
+    // and stored again afterwards, whole
+    let back = blob::put(store, "image/png", &bytes).await.unwrap();
+    assert_eq!(blob::get(store, &back.id).await.unwrap(), bytes);
+    assert!(store.remove_unheld(&back.id, Utc::now() + chrono::Duration::hours(2)).await.unwrap());
+    assert!(store.remove_unheld(&empty.id, Utc::now() + chrono::Duration::hours(2)).await.unwrap());
+}
+
 #[cfg(test)]
 mod tests {
     use crate::memory::MemoryStore;
@@ -315,5 +408,6 @@ mod tests {
         let store = MemoryStore::new();
         super::state_store(&store).await;
         super::result_cache(&store).await;
+        super::blob_store(&crate::blob::MemoryBlobs::new()).await;
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowhost_core::blob::MemoryBlobs;
 use flowhost_core::flow::{FlowCatalog, FlowDefinition, FlowSet};
 use flowhost_core::observe::Observer;
 use flowhost_core::queue::WorkQueue;
@@ -119,6 +120,7 @@ impl App {
             flows: flows.clone(),
             store: store.clone(),
             cache: store.clone(),
+            blobs: Arc::new(MemoryBlobs::new()),
             queue: Some(store.clone() as Arc<dyn WorkQueue>),
             observer: metrics.clone(),
         };
@@ -278,6 +280,7 @@ fn runner_config(config: &Config) -> RunnerConfig {
         },
         max_async_in_flight: config.submit.max_in_flight,
         idempotency_ttl: Duration::from_secs(config.submit.idempotency_ttl_seconds),
+        inline_max_bytes: config.state.inline_max_bytes,
         cache: CacheSettings {
             enabled: config.cache.enabled,
             ttl: Duration::from_secs(config.cache.ttl_seconds),

@@ -36,6 +36,8 @@ pub struct Config {
     pub submit: SubmitConfig,
     pub queue: QueueConfig,
     pub retention: RetentionConfig,
+    pub state: StateConfig,
+    pub blobs: BlobsConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
 }
@@ -107,6 +109,66 @@ impl Default for RetentionConfig {
         RetentionConfig {
             finished_seconds: 7 * 86_400,
             prune_interval_seconds: 3600,
+        }
+    }
+}
+
+/// How large values of a flow's state are kept.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// A flow input or step output whose JSON is longer is stored as a blob
+    /// and referred to, so that no value of a flow's state is larger.
+    pub inline_max_bytes: usize,
+    /// State values longer than this are compressed (zstd) in Redis.
+    pub compress_min_bytes: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            inline_max_bytes: 64 * 1024,
+            compress_min_bytes: 4 * 1024,
+        }
+    }
+}
+
+/// Where blobs are kept and for how long.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobsConfig {
+    /// `auto` (Redis when `redis.url` is set, else memory), `memory`,
+    /// `redis` or `files`.
+    pub backend: BlobBackend,
+    /// The folder of the `files` backend (a volume the hosts share).
+    pub dir: PathBuf,
+    /// The largest blob an upload may store; larger ones are answered 413.
+    pub max_bytes: u64,
+    /// A blob that nothing holds is removed this long after it was last
+    /// stored: the time an upload has to be used by a run.
+    pub grace_seconds: u64,
+    /// How often the host sweeps blobs that nothing holds.
+    pub sweep_interval_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    #[default]
+    Auto,
+    Memory,
+    Redis,
+    Files,
+}
+
+impl Default for BlobsConfig {
+    fn default() -> Self {
+        BlobsConfig {
+            backend: BlobBackend::Auto,
+            dir: PathBuf::from(".flowhost/blobs"),
+            max_bytes: 256 * 1024 * 1024,
+            grace_seconds: 3600,
+            sweep_interval_seconds: 600,
         }
     }
 }
@@ -285,6 +347,8 @@ impl Default for Config {
             submit: SubmitConfig::default(),
             queue: QueueConfig::default(),
             retention: RetentionConfig::default(),
+            state: StateConfig::default(),
+            blobs: BlobsConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
         }

@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use retry::RetryPolicy;
 
+use crate::blob::BlobStore;
 use crate::cache::{ResultCache, SingleFlight};
 use crate::executor::Executor;
 use crate::flow::FlowCatalog;
@@ -61,6 +62,9 @@ pub struct RunnerConfig {
     pub max_async_in_flight: usize,
     /// How long an idempotency key maps to its flow.
     pub idempotency_ttl: Duration,
+    /// A flow input or step output whose JSON is longer is kept as a blob
+    /// and referred to, so that no value of a flow's state is larger.
+    pub inline_max_bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -81,6 +85,9 @@ pub struct Ports {
     pub flows: Arc<FlowCatalog>,
     pub store: Arc<dyn StateStore>,
     pub cache: Arc<dyn ResultCache>,
+    /// Where blobs live: those that inputs refer to, and the values moved
+    /// out of the state because they were large.
+    pub blobs: Arc<dyn BlobStore>,
     /// The work queue shared with other hosts, when there is one.
     pub queue: Option<Arc<dyn WorkQueue>>,
     pub observer: Arc<dyn Observer>,
@@ -144,6 +151,7 @@ struct Inner {
     flows: Arc<FlowCatalog>,
     store: Arc<dyn StateStore>,
     cache: Arc<dyn ResultCache>,
+    blobs: Arc<dyn BlobStore>,
     observer: Arc<dyn Observer>,
     single_flight: SingleFlight,
     config: RunnerConfig,
@@ -170,6 +178,7 @@ impl FlowRunner {
                 flows: ports.flows,
                 store: ports.store,
                 cache: ports.cache,
+                blobs: ports.blobs,
                 observer: ports.observer,
                 single_flight: SingleFlight::new(),
                 config,

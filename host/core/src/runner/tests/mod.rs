@@ -106,6 +106,7 @@ fn config() -> RunnerConfig {
         },
         max_async_in_flight: 8,
         idempotency_ttl: Duration::from_secs(60),
+        inline_max_bytes: 64 * 1024,
     }
 }
 
@@ -733,6 +734,7 @@ fn new_runner(
         flows: flows.clone(),
         store: store.clone(),
         cache: cache.clone(),
+        blobs: Arc::new(crate::blob::MemoryBlobs::new()),
         queue: None,
         observer: events.clone(),
     };

@@ -69,7 +69,8 @@ outputs:
             flows: h.flows.clone(),
             store: h.store.clone(),
             cache: Arc::new(cache),
-            queue: None,
+            blobs: Arc::new(crate::blob::MemoryBlobs::new()),
+        queue: None,
             observer: h.events.clone(),
         };
         FlowRunner::new(ports, config())
@@ -142,6 +143,7 @@ steps:
         flows: h.flows.clone(),
         store: h.store.clone(),
         cache: Arc::new(cache),
+        blobs: Arc::new(crate::blob::MemoryBlobs::new()),
         queue: None,
         observer: h.events.clone(),
     };
