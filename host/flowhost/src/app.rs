@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowhost_core::blob::MemoryBlobs;
+use flowhost_core::blob::{BlobStore, MemoryBlobs};
 use flowhost_core::flow::{FlowCatalog, FlowDefinition, FlowSet};
 use flowhost_core::observe::Observer;
 use flowhost_core::queue::WorkQueue;
@@ -33,6 +33,8 @@ pub struct App {
     pub flows: Arc<FlowCatalog>,
     /// The state store, as the port the handlers read it through.
     pub store: Arc<dyn StateStore>,
+    /// Where blobs live (`blobs.backend`).
+    pub blobs: Arc<dyn BlobStore>,
     pub metrics: Arc<Metrics>,
     pub runner: FlowRunner,
     /// The same store, for what only the Redis adapter knows: its health.
@@ -115,12 +117,13 @@ impl App {
             Duration::from_secs(config.retention.prune_interval_seconds.max(1)),
         ));
 
+        let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobs::new());
         let ports = Ports {
             executor: plugins.clone(),
             flows: flows.clone(),
             store: store.clone(),
             cache: store.clone(),
-            blobs: Arc::new(MemoryBlobs::new()),
+            blobs: blobs.clone(),
             queue: Some(store.clone() as Arc<dyn WorkQueue>),
             observer: metrics.clone(),
         };
@@ -130,6 +133,7 @@ impl App {
             plugins,
             flows,
             store: store.clone(),
+            blobs,
             metrics,
             runner,
             fallback: store,
