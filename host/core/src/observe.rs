@@ -74,6 +74,10 @@ pub enum Event<'a> {
     LeaseLost,
     /// A flow taken over from a host that is gone.
     FlowReclaimed,
+    /// A large value of a run's state was stored as a blob of `bytes`.
+    ValueOffloaded {
+        bytes: usize,
+    },
     /// Whether the state store runs on its fallback.
     Degraded(bool),
     PluginCompiled {

@@ -311,7 +311,11 @@ pub async fn shared_leads(a: &dyn ResultCache, b: &dyn ResultCache) {
 /// wrong place shows), `len` of them.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(u32::from(seed)) as u8)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(u32::from(seed)) as u8
+        })
         .collect()
 }
 
@@ -323,14 +327,25 @@ pub async fn blob_store(store: &dyn BlobStore) {
     let bytes = pattern(2 * CHUNK + 1234, 3);
     let r = blob::put(store, "image/png", &bytes).await.unwrap();
     assert_eq!(r.id, BlobId::of(&bytes));
-    assert_eq!((r.size, r.media_type.as_str(), r.offloaded), (bytes.len() as u64, "image/png", false));
+    assert_eq!(
+        (r.size, r.media_type.as_str(), r.offloaded),
+        (bytes.len() as u64, "image/png", false)
+    );
     let stat = store.stat(&r.id).await.unwrap().expect("stored");
-    assert_eq!((stat.size, stat.media_type.as_str()), (bytes.len() as u64, "image/png"));
+    assert_eq!(
+        (stat.size, stat.media_type.as_str()),
+        (bytes.len() as u64, "image/png")
+    );
     assert_eq!(blob::get(store, &r.id).await.unwrap(), bytes);
     assert!(store.list().await.unwrap().contains(&r.id));
 
     // ranges: within a chunk, across a boundary, at and past the end
-    for (offset, len) in [(0, 10), (CHUNK as u64 - 5, 10), (CHUNK as u64, CHUNK as u64 + 1), (bytes.len() as u64 - 3, 100)] {
+    for (offset, len) in [
+        (0, 10),
+        (CHUNK as u64 - 5, 10),
+        (CHUNK as u64, CHUNK as u64 + 1),
+        (bytes.len() as u64 - 3, 100),
+    ] {
         let end = (offset + len).min(bytes.len() as u64) as usize;
         assert_eq!(
             store.read(&r.id, offset, len).await.unwrap(),
@@ -338,14 +353,25 @@ pub async fn blob_store(store: &dyn BlobStore) {
             "range {offset}+{len}"
         );
     }
-    assert!(store.read(&r.id, bytes.len() as u64 + 5, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .read(&r.id, bytes.len() as u64 + 5, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // the same bytes again: the same reference, the first media type, touched
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let again = blob::put(store, "application/octet-stream", &bytes).await.unwrap();
+    let again = blob::put(store, "application/octet-stream", &bytes)
+        .await
+        .unwrap();
     assert_eq!(again, r);
     let touched = store.stat(&r.id).await.unwrap().unwrap().touched_at;
-    assert!(touched > stat.touched_at, "a second upload touches the blob");
+    assert!(
+        touched > stat.touched_at,
+        "a second upload touches the blob"
+    );
 
     // an empty blob is a blob
     let empty = blob::put(store, "text/plain", b"").await.unwrap();
@@ -367,13 +393,24 @@ pub async fn blob_store(store: &dyn BlobStore) {
     // a blob that is not there
     let missing = BlobId::of(b"never stored");
     assert_eq!(store.stat(&missing).await.unwrap(), None);
-    assert!(matches!(store.read(&missing, 0, 1).await, Err(BlobError::NotFound(id)) if id == missing));
-    let run = Hold { holder: "flow:0190d5a4-0000-7000-8000-000000000001".into(), until: None };
-    assert!(matches!(store.hold(&missing, &run).await, Err(BlobError::NotFound(_))));
+    assert!(
+        matches!(store.read(&missing, 0, 1).await, Err(BlobError::NotFound(id)) if id == missing)
+    );
+    let run = Hold {
+        holder: "flow:0190d5a4-0000-7000-8000-000000000001".into(),
+        until: None,
+    };
+    assert!(matches!(
+        store.hold(&missing, &run).await,
+        Err(BlobError::NotFound(_))
+    ));
 
     // holds, and removal only without them and only when old enough
     let later = Utc::now() + chrono::Duration::hours(1);
-    let entry = Hold { holder: "cache:k1".into(), until: Some(later) };
+    let entry = Hold {
+        holder: "cache:k1".into(),
+        until: Some(later),
+    };
     store.hold(&r.id, &run).await.unwrap();
     store.hold(&r.id, &entry).await.unwrap();
     store.hold(&r.id, &run).await.unwrap();
@@ -381,22 +418,47 @@ pub async fn blob_store(store: &dyn BlobStore) {
     holds.sort_by(|a, b| a.holder.cmp(&b.holder));
     assert_eq!(holds.len(), 2, "holds are a set: {holds:?}");
     assert_eq!(holds[0].holder, "cache:k1");
-    assert_eq!(holds[0].until.map(|t| t.timestamp_millis()), Some(later.timestamp_millis()));
+    assert_eq!(
+        holds[0].until.map(|t| t.timestamp_millis()),
+        Some(later.timestamp_millis())
+    );
     assert_eq!(holds[1], run);
     let future = Utc::now() + chrono::Duration::hours(2);
-    assert!(!store.remove_unheld(&r.id, future).await.unwrap(), "removed while held");
-    store.release(&r.id, &["cache:k1".into(), run.holder.clone()]).await.unwrap();
+    assert!(
+        !store.remove_unheld(&r.id, future).await.unwrap(),
+        "removed while held"
+    );
+    store
+        .release(&r.id, &["cache:k1".into(), run.holder.clone()])
+        .await
+        .unwrap();
     assert!(store.holds(&r.id).await.unwrap().is_empty());
-    assert!(!store.remove_unheld(&r.id, touched).await.unwrap(), "removed while young");
+    assert!(
+        !store.remove_unheld(&r.id, touched).await.unwrap(),
+        "removed while young"
+    );
     assert!(store.remove_unheld(&r.id, future).await.unwrap());
     assert_eq!(store.stat(&r.id).await.unwrap(), None);
-    assert!(matches!(store.read(&r.id, 0, 1).await, Err(BlobError::NotFound(_))));
+    assert!(matches!(
+        store.read(&r.id, 0, 1).await,
+        Err(BlobError::NotFound(_))
+    ));
     assert!(!store.list().await.unwrap().contains(&r.id));
     // and stored again afterwards, whole
     let back = blob::put(store, "image/png", &bytes).await.unwrap();
     assert_eq!(blob::get(store, &back.id).await.unwrap(), bytes);
-    assert!(store.remove_unheld(&back.id, Utc::now() + chrono::Duration::hours(2)).await.unwrap());
-    assert!(store.remove_unheld(&empty.id, Utc::now() + chrono::Duration::hours(2)).await.unwrap());
+    assert!(
+        store
+            .remove_unheld(&back.id, Utc::now() + chrono::Duration::hours(2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .remove_unheld(&empty.id, Utc::now() + chrono::Duration::hours(2))
+            .await
+            .unwrap()
+    );
 }
 
 #[cfg(test)]

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub state_write_errors: Counter,
     pub degraded: Gauge,
     pub fenced_writes: Counter,
+    pub offloaded_values: Counter,
+    pub offloaded_bytes: Counter,
     pub leases_lost: Counter,
     pub flows_reclaimed: Counter,
 }
@@ -270,6 +272,18 @@ impl Metrics {
             "State writes refused because another host had taken the flow's lease",
             fenced_writes.clone(),
         );
+        let offloaded_values = Counter::default();
+        registry.register(
+            "flowhost_state_offloaded_values",
+            "Large values of flow state stored as blobs and referred to",
+            offloaded_values.clone(),
+        );
+        let offloaded_bytes = Counter::default();
+        registry.register(
+            "flowhost_state_offloaded_bytes",
+            "Bytes of flow state stored as blobs instead of inline",
+            offloaded_bytes.clone(),
+        );
         let leases_lost = Counter::default();
         registry.register(
             "flowhost_leases_lost",
@@ -309,6 +323,8 @@ impl Metrics {
             state_write_errors,
             degraded,
             fenced_writes,
+            offloaded_values,
+            offloaded_bytes,
             leases_lost,
             flows_reclaimed,
         }
@@ -493,6 +509,10 @@ impl Observer for Metrics {
             }
             Event::WriteFenced => {
                 self.fenced_writes.inc();
+            }
+            Event::ValueOffloaded { bytes } => {
+                self.offloaded_values.inc();
+                self.offloaded_bytes.inc_by(bytes as u64);
             }
             Event::LeaseLost => {
                 self.leases_lost.inc();

@@ -68,7 +68,11 @@ impl BlobUpload for Upload {
             holds: HashMap::new(),
         });
         entry.touched_at = Utc::now();
-        Ok(BlobRef::new(id, entry.bytes.len() as u64, entry.media_type.clone()))
+        Ok(BlobRef::new(
+            id,
+            entry.bytes.len() as u64,
+            entry.media_type.clone(),
+        ))
     }
 
     async fn abort(self: Box<Self>) {}
@@ -119,7 +123,9 @@ impl BlobStore for MemoryBlobs {
 
     async fn holds(&self, id: &BlobId) -> Result<Vec<Hold>, BlobError> {
         let blobs = self.lock();
-        let entry = blobs.get(id).ok_or_else(|| BlobError::NotFound(id.clone()))?;
+        let entry = blobs
+            .get(id)
+            .ok_or_else(|| BlobError::NotFound(id.clone()))?;
         let mut holds: Vec<Hold> = entry
             .holds
             .iter()

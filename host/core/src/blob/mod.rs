@@ -168,7 +168,11 @@ impl Tally {
 }
 
 /// Stores `bytes` whole.
-pub async fn put(store: &dyn BlobStore, media_type: &str, bytes: &[u8]) -> Result<BlobRef, BlobError> {
+pub async fn put(
+    store: &dyn BlobStore,
+    media_type: &str,
+    bytes: &[u8],
+) -> Result<BlobRef, BlobError> {
     let mut upload = store.begin(media_type).await?;
     for chunk in bytes.chunks(CHUNK) {
         if let Err(e) = upload.write(chunk).await {
@@ -181,7 +185,10 @@ pub async fn put(store: &dyn BlobStore, media_type: &str, bytes: &[u8]) -> Resul
 
 /// Reads a blob whole.
 pub async fn get(store: &dyn BlobStore, id: &BlobId) -> Result<Vec<u8>, BlobError> {
-    let stat = store.stat(id).await?.ok_or_else(|| BlobError::NotFound(id.clone()))?;
+    let stat = store
+        .stat(id)
+        .await?
+        .ok_or_else(|| BlobError::NotFound(id.clone()))?;
     let mut out = Vec::with_capacity(stat.size as usize);
     while (out.len() as u64) < stat.size {
         let piece = store.read(id, out.len() as u64, CHUNK as u64).await?;

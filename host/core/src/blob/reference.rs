@@ -62,17 +62,17 @@ impl BlobRef {
     }
 
     fn parse_members(id: &Value, m: &Map<String, Value>) -> Result<BlobRef, String> {
-        let id: BlobId = id
-            .as_str()
-            .ok_or("`$blob` must be a string")?
-            .parse()?;
+        let id: BlobId = id.as_str().ok_or("`$blob` must be a string")?.parse()?;
         let size = match m.get("size") {
             None => 0,
             Some(s) => s.as_u64().ok_or("`size` must be a whole number of bytes")?,
         };
         let media_type = match m.get("media_type") {
             None => String::new(),
-            Some(t) => t.as_str().ok_or("`media_type` must be a string")?.to_owned(),
+            Some(t) => t
+                .as_str()
+                .ok_or("`media_type` must be a string")?
+                .to_owned(),
         };
         let offloaded = match m.get("offloaded") {
             None => false,
@@ -177,8 +177,14 @@ mod tests {
         for (bad, why) in [
             (json!({"$blob": "md5:00"}), "not a blob id"),
             (json!({"$blob": 7}), "must be a string"),
-            (json!({"$blob": format!("blake3:{HEX}"), "size": -1}), "whole number"),
-            (json!({"$blob": format!("blake3:{HEX}"), "colour": "red"}), "unexpected member"),
+            (
+                json!({"$blob": format!("blake3:{HEX}"), "size": -1}),
+                "whole number",
+            ),
+            (
+                json!({"$blob": format!("blake3:{HEX}"), "colour": "red"}),
+                "unexpected member",
+            ),
         ] {
             let doc = json!({"pages": [{"scan": bad}]});
             let e = refs_in_strict(&doc, "inputs").unwrap_err();

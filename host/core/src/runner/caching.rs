@@ -5,6 +5,7 @@
 //! until the result is there), and stores. A cache that fails is logged and
 //! counted; the step runs regardless.
 
+use crate::blob::retention::flow_holder;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -106,6 +107,8 @@ impl FlowRunner {
         state.total_execution_time = Some(clock.elapsed().as_secs_f64());
         state.metadata.insert("flow_cache".into(), "hit".into());
         state.metadata.insert("cache_key".into(), key.into());
+        self.hold_refs(&entry.output, &flow_holder(state.flow_id), None)
+            .await;
         self.observe(Event::FlowCacheHit { flow: &def.name });
         // The run is recorded like any other, already completed.
         self.create(state).await?;
@@ -133,7 +136,7 @@ impl FlowRunner {
             output: serde_json::json!({ "outputs": state.outputs, "steps": steps }),
             stored_at: Utc::now(),
         };
-        if let Err(e) = self.inner.cache.put(&entry, self.flow_ttl(def)).await {
+        if let Err(e) = self.put_cached(&entry, self.flow_ttl(def)).await {
             self.observe(Event::CacheFailed);
             tracing::warn!(error = %e, "cannot store the flow result");
         }
@@ -291,7 +294,7 @@ impl FlowRunner {
             output: output.clone(),
             stored_at: Utc::now(),
         };
-        match self.inner.cache.put(&entry, plan.ttl).await {
+        match self.put_cached(&entry, plan.ttl).await {
             Ok(()) => self.observe(Event::CacheStored {
                 plugin: &step.plugin,
             }),

@@ -18,6 +18,7 @@
 //! shutdown), `worker` (the shared queue's loops), `retry` (the backoff).
 
 mod active;
+mod blobs;
 mod caching;
 mod cancel;
 mod hold;

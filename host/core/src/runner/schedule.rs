@@ -25,6 +25,7 @@ use super::active::Active;
 use super::hold::Hold;
 use super::restart::FirstAttempts;
 use super::{FlowRunner, RunError};
+use crate::blob::BlobError;
 use crate::flow::{FlowDefinition, Scope};
 use crate::observe::Event;
 use crate::state::{
@@ -56,24 +57,15 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(state: &FlowState, opening: Opening) -> Self {
+    /// From the run's `inputs` and completed steps' `outputs`, their
+    /// offloaded values put back (`FlowRunner::scope_of`).
+    fn new((inputs, outputs): Values, opening: Opening) -> Self {
         let (create, opening) = match opening {
             Opening::Create => (true, None),
             Opening::Patch(patch) => (false, Some(patch)),
         };
-        let outputs: HashMap<String, Value> = state
-            .steps
-            .values()
-            .filter(|s| s.status == StepStatus::Completed)
-            .map(|s| {
-                (
-                    s.step_name.clone(),
-                    s.outputs.clone().unwrap_or(Value::Null),
-                )
-            })
-            .collect();
         Progress {
-            inputs: state.inputs.as_object().cloned().unwrap_or_default(),
+            inputs,
             done: outputs.keys().cloned().collect(),
             outputs,
             launched: HashSet::new(),
@@ -91,13 +83,14 @@ impl Progress {
         }
     }
 
-    /// Takes in a step's final state.
-    fn absorb(&mut self, state: &mut FlowState, step_state: FlowStepState) {
+    /// Takes in a step's final state (and, for a completed step, its output
+    /// with offloaded values put back).
+    fn absorb(&mut self, state: &mut FlowState, (step_state, output): Finished) {
         state.current_step = Some(step_state.step_name.clone());
         match step_state.status {
             StepStatus::Completed => {
                 self.done.insert(step_state.step_name.clone());
-                let out = step_state.outputs.clone().unwrap_or(Value::Null);
+                let out = output.unwrap_or(Value::Null);
                 self.outputs.insert(step_state.step_name.clone(), out);
             }
             StepStatus::Failed if self.failure.is_none() => {
@@ -118,7 +111,17 @@ fn failure_of(step: &FlowStepState) -> String {
     )
 }
 
-type Running = JoinSet<FlowStepState>;
+/// A step's final state as recorded, and its whole output when it completed.
+pub(super) type Finished = (FlowStepState, Option<Value>);
+
+/// A run's inputs and its completed steps' outputs, offloaded values put back.
+type Values = (Map<String, Value>, HashMap<String, Value>);
+
+/// A step ready to start: its index, its state (recorded running, large
+/// input values offloaded), and its whole input.
+pub(super) type Ready = (usize, FlowStepState, Value);
+
+type Running = JoinSet<Finished>;
 
 impl FlowRunner {
     /// Runs `state` from the steps in `first` to its end, and records it.
@@ -158,7 +161,15 @@ impl FlowRunner {
         opening: Opening,
     ) -> Result<FlowState, RunError> {
         let clock = Instant::now();
-        let mut progress = Progress::new(&state, opening);
+        let values = match self.scope_of(&state).await {
+            Ok(values) => values,
+            Err(e) => {
+                let mut progress = Progress::new(Values::default(), opening);
+                progress.failure = Some(format!("cannot read a value kept as a blob: {e}"));
+                return self.finish(def, state, progress, active, clock).await;
+            }
+        };
+        let mut progress = Progress::new(values, opening);
         let mut running = Running::new();
         loop {
             let stopping = progress.failure.is_some()
@@ -167,12 +178,13 @@ impl FlowRunner {
             let to_start = if stopping {
                 Vec::new()
             } else {
-                ready_steps(def, &first, &mut progress, &mut state)
+                let ready = ready_steps(def, &first, &mut progress, &mut state);
+                self.kept_inputs(state.flow_id, ready, &mut progress).await
             };
             if running.is_empty() && to_start.is_empty() {
                 break;
             }
-            let current = to_start.last().map(|(i, _)| def.steps[*i].name.clone());
+            let current = to_start.last().map(|(i, _, _)| def.steps[*i].name.clone());
             // When the write does not go through, the flow is stopped: the
             // steps in `to_start` end at once, uncalled (see `run_step`).
             self.write_progress(&mut progress, &mut state, current, active)
@@ -239,25 +251,26 @@ impl FlowRunner {
         &self,
         def: &Arc<FlowDefinition>,
         state: &FlowState,
-        mut to_start: Vec<(usize, FlowStepState)>,
+        mut to_start: Vec<Ready>,
         running: &mut Running,
         active: &Arc<Active>,
-    ) -> Option<Result<FlowStepState, tokio::task::JoinError>> {
+    ) -> Option<Result<Finished, tokio::task::JoinError>> {
         if running.is_empty() && to_start.len() == 1 {
-            let (index, st) = to_start.remove(0);
+            let (index, st, input) = to_start.remove(0);
             let span = tracing::info_span!("step", step = %def.steps[index].name);
             let done = self
-                .run_step(state.flow_id, def, index, st, active)
+                .run_step(state.flow_id, def, index, (st, input), active)
                 .instrument(span)
                 .await;
             return Some(Ok(done));
         }
-        for (index, st) in to_start {
+        for (index, st, input) in to_start {
             let (runner, def, id, active) =
                 (self.clone(), def.clone(), state.flow_id, active.clone());
             let span = tracing::info_span!("step", step = %def.steps[index].name);
             running.spawn(
-                async move { runner.run_step(id, &def, index, st, &active).await }.instrument(span),
+                async move { runner.run_step(id, &def, index, (st, input), &active).await }
+                    .instrument(span),
             );
         }
         running.join_next().await
@@ -292,7 +305,7 @@ impl FlowRunner {
         } else if all_done {
             match def.outputs.resolve(&progress.scope()) {
                 Ok(v) => {
-                    state.outputs = Some(v);
+                    state.outputs = Some(self.keep(state.flow_id, v).await);
                     FlowStatus::Completed
                 }
                 Err(e) => {
@@ -388,6 +401,40 @@ impl FlowRunner {
         written
     }
 
+    /// The run's inputs and its completed steps' outputs, offloaded values
+    /// put back: what templates resolve against.
+    async fn scope_of(&self, state: &FlowState) -> Result<Values, BlobError> {
+        let inputs = match self.expand(&state.inputs).await? {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let mut outputs = HashMap::new();
+        for s in state.steps.values() {
+            if s.status == StepStatus::Completed {
+                let out = s.outputs.as_ref().unwrap_or(&Value::Null);
+                outputs.insert(s.step_name.clone(), self.expand(out).await?);
+            }
+        }
+        Ok((inputs, outputs))
+    }
+
+    /// The ready steps with their inputs as recorded (large values
+    /// offloaded), queued for writing.
+    async fn kept_inputs(
+        &self,
+        id: FlowId,
+        ready: Vec<Ready>,
+        progress: &mut Progress,
+    ) -> Vec<Ready> {
+        let mut out = Vec::with_capacity(ready.len());
+        for (index, mut st, input) in ready {
+            st.inputs = Some(self.keep(id, input.clone()).await);
+            progress.unwritten.push(st.clone());
+            out.push((index, st, input));
+        }
+        out
+    }
+
     /// Reports a run recorded finished (or paused).
     pub(super) fn count_finished(&self, state: &FlowState, elapsed: f64) {
         self.observe(Event::FlowEnded {
@@ -411,14 +458,15 @@ fn unrecorded(id: FlowId, limit: std::time::Duration) -> RunError {
 }
 
 /// The steps ready to start: pending in `first`, not launched, every
-/// dependency done. Each is returned running (and queued for writing); a
-/// step whose input cannot be resolved fails the flow instead.
+/// dependency done. Each is returned running with its whole input (for
+/// `kept_inputs` to queue for writing); a step whose input cannot be
+/// resolved fails the flow instead.
 fn ready_steps(
     def: &FlowDefinition,
     first: &FirstAttempts,
     progress: &mut Progress,
     state: &mut FlowState,
-) -> Vec<(usize, FlowStepState)> {
+) -> Vec<Ready> {
     let mut to_start = Vec::new();
     for (index, step) in def.steps.iter().enumerate() {
         let Some(&attempt) = first.get(&step.name) else {
@@ -434,9 +482,7 @@ fn ready_steps(
             Ok(input) => {
                 st.status = StepStatus::Running;
                 st.started_at = Some(Utc::now());
-                st.inputs = Some(input);
-                progress.unwritten.push(st.clone());
-                to_start.push((index, st));
+                to_start.push((index, st, input));
             }
             Err(e) => {
                 st.status = StepStatus::Failed;

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use super::active::Backlog;
 use super::schedule::Opening;
 use super::{FlowContext, FlowRunner, RunError};
+use crate::blob;
 use crate::flow::FlowDefinition;
 use crate::observe::Event;
 use crate::queue::WorkQueue;
@@ -73,7 +74,7 @@ impl FlowRunner {
         ctx: FlowContext,
     ) -> Result<FlowState, RunError> {
         let guard = self.activate(ctx.flow_id)?;
-        let mut state = self.new_state(&def, inputs, ctx, FlowStatus::Running);
+        let mut state = self.new_state(&def, inputs, ctx, FlowStatus::Running).await;
         // The flow is recorded with its first write (see `drive`), which
         // saves a round trip.
         let flow_key = self.flow_cache_key(&def, &state.inputs);
@@ -93,14 +94,18 @@ impl FlowRunner {
         Ok(state)
     }
 
-    /// A new run's state, every step pending.
-    fn new_state(
+    /// A new run's state, every step pending; its inputs as recorded (the
+    /// blobs they refer to held, large values offloaded).
+    async fn new_state(
         &self,
         def: &FlowDefinition,
         inputs: Map<String, Value>,
         ctx: FlowContext,
         status: FlowStatus,
     ) -> FlowState {
+        let mut inputs = Value::Object(inputs);
+        self.complete_refs(&mut inputs).await;
+        let inputs = self.keep(ctx.flow_id, inputs).await;
         let mut metadata = ctx.metadata;
         metadata.insert("state_store".into(), self.inner.store.backend().into());
         metadata.insert("flow_hash".into(), def.hash.clone().into());
@@ -108,7 +113,7 @@ impl FlowRunner {
             flow_id: ctx.flow_id,
             flow_name: def.name.clone(),
             status,
-            inputs: Value::Object(inputs),
+            inputs,
             steps: def
                 .steps
                 .iter()
@@ -265,7 +270,7 @@ impl FlowRunner {
             });
         }
         let guard = self.activate(ctx.flow_id)?;
-        let mut state = self.new_state(&def, inputs, ctx, FlowStatus::Pending);
+        let mut state = self.new_state(&def, inputs, ctx, FlowStatus::Pending).await;
         let id = state.flow_id;
         if let Some(key) = self.flow_cache_key(&def, &state.inputs)
             && self.flow_cache_hit(&def, &mut state, &key).await?.is_some()
@@ -315,7 +320,7 @@ impl FlowRunner {
                 retry_after_secs: 1,
             });
         }
-        let mut state = self.new_state(def, inputs, ctx, FlowStatus::Pending);
+        let mut state = self.new_state(def, inputs, ctx, FlowStatus::Pending).await;
         let id = state.flow_id;
         if let Some(key) = self.flow_cache_key(def, &state.inputs)
             && self.flow_cache_hit(def, &mut state, &key).await?.is_some()
@@ -377,10 +382,17 @@ fn scoped_key(def: &FlowDefinition, ctx: &FlowContext) -> Option<String> {
 }
 
 /// The inputs with defaults filled in, or every way they miss the
-/// declaration.
+/// declaration (a malformed blob reference among them).
 fn checked_inputs(
     def: &FlowDefinition,
     inputs: Map<String, Value>,
 ) -> Result<Map<String, Value>, RunError> {
-    def.resolve_inputs(inputs).map_err(RunError::InvalidInputs)
+    let inputs = def
+        .resolve_inputs(inputs)
+        .map_err(RunError::InvalidInputs)?;
+    for (name, value) in &inputs {
+        blob::refs_in_strict(value, &format!("inputs.{name}"))
+            .map_err(|e| RunError::InvalidInputs(vec![e.to_string()]))?;
+    }
+    Ok(inputs)
 }

@@ -15,8 +15,9 @@ use super::FlowRunner;
 use super::active::Active;
 use super::caching::CachePlan;
 use super::hold::Hold;
+use super::schedule::Finished;
 use crate::cache::Leader;
-use crate::executor::{Call, PluginError};
+use crate::executor::{Call, Execution, PluginError};
 use crate::flow::{FlowDefinition, StepDef};
 use crate::observe::Event;
 use crate::state::{FlowId, FlowPatch, FlowStepState, StepStatus};
@@ -53,9 +54,9 @@ impl FlowRunner {
         flow_id: FlowId,
         def: &FlowDefinition,
         index: usize,
-        mut st: FlowStepState,
+        (mut st, input): (FlowStepState, Value),
         active: &Active,
-    ) -> FlowStepState {
+    ) -> Finished {
         if active.stop.is_cancelled() {
             // Stopped (a cancel, a shutdown, a lost lease) between being
             // recorded running and starting: the plugin is not called, and
@@ -65,41 +66,55 @@ impl FlowRunner {
             } else {
                 StepStatus::Pending
             };
-            return st;
+            return (st, None);
         }
         let step = &def.steps[index];
-        let input = st.inputs.clone().unwrap_or(Value::Null);
+        // The key covers the input as recorded: an offloaded value by its
+        // reference, whose id is the hash of the value.
+        let recorded = st.inputs.clone().unwrap_or(Value::Null);
         let plan = self
             .inner
             .executor
             .plugin(&step.plugin)
-            .and_then(|p| self.cache_plan(def, step, &p, &input));
+            .and_then(|p| self.cache_plan(def, step, &p, &recorded));
         let mut lead = None;
         if let Some(plan) = &plan {
             st.cache_key = Some(plan.key.clone());
             let clock = Instant::now();
             match self.cache_lookup(plan, &step.plugin).await {
-                Ok(output) => {
-                    st.status = StepStatus::Completed;
-                    st.cached = true;
-                    st.outputs = Some(output);
-                    st.completed_at = Some(Utc::now());
-                    st.execution_time = Some(clock.elapsed().as_secs_f64());
-                    return st;
-                }
+                Ok(output) => match self.expand(&output).await {
+                    Ok(whole) => {
+                        st.status = StepStatus::Completed;
+                        st.cached = true;
+                        st.outputs = Some(output);
+                        st.completed_at = Some(Utc::now());
+                        st.execution_time = Some(clock.elapsed().as_secs_f64());
+                        return (st, Some(whole));
+                    }
+                    // A cached value whose blob is gone: computed afresh.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cached output unreadable; running the step")
+                    }
+                },
                 Err(l) => lead = l,
             }
         }
         let across = lead.as_ref().is_some_and(|l| l.across);
         let leader = lead.map(|l| l.local);
-        let st = self
-            .attempts(flow_id, (def, step), st, active, (plan.as_ref(), leader))
+        let done = self
+            .attempts(
+                flow_id,
+                (def, step),
+                (st, &input),
+                active,
+                (plan.as_ref(), leader),
+            )
             .await;
         if let (true, Some(plan)) = (across, &plan) {
             // Stored or not, the other hosts need not wait any longer.
             self.end_lead(&plan.key).await;
         }
-        st
+        done
     }
 
     /// The attempts of a step under its retry policy, from `st` (recorded
@@ -110,10 +125,10 @@ impl FlowRunner {
         &self,
         flow_id: FlowId,
         (def, step): (&FlowDefinition, &StepDef),
-        mut st: FlowStepState,
+        (mut st, input): (FlowStepState, &Value),
         active: &Active,
         (plan, mut leader): (Option<&CachePlan>, Option<Leader>),
-    ) -> FlowStepState {
+    ) -> Finished {
         let policy = self.inner.config.retry.with_overrides(&step.retry);
         let mut tries = 0;
         loop {
@@ -129,10 +144,16 @@ impl FlowRunner {
                 } else {
                     StepStatus::Pending
                 };
-                return st;
+                return (st, None);
             }
             let attempt = self
-                .attempt(flow_id, step, &mut st, active, tries < policy.max_attempts)
+                .attempt(
+                    flow_id,
+                    step,
+                    (&mut st, input),
+                    active,
+                    tries < policy.max_attempts,
+                )
                 .await;
             self.observe(Event::StepAttempted {
                 flow: &def.name,
@@ -143,13 +164,16 @@ impl FlowRunner {
             });
             match attempt {
                 Attempt::Completed => {
-                    if let (Some(plan), Some(output)) = (plan, &st.outputs) {
-                        self.store_step_result((def, step), plan, output, leader.take())
+                    let whole = st.outputs.take().unwrap_or(Value::Null);
+                    let kept = self.keep(flow_id, whole.clone()).await;
+                    if let Some(plan) = plan {
+                        self.store_step_result((def, step), plan, &kept, leader.take())
                             .await;
                     }
-                    return st;
+                    st.outputs = Some(kept);
+                    return (st, Some(whole));
                 }
-                Attempt::Interrupted | Attempt::Failed => return st,
+                Attempt::Interrupted | Attempt::Failed => return (st, None),
                 Attempt::Retry => {}
             }
             let delay = policy.delay(tries, fastrand::f64());
@@ -157,7 +181,7 @@ impl FlowRunner {
                 .before_retry((def, step), flow_id, &mut st, active, delay)
                 .await
             {
-                return st;
+                return (st, None);
             }
             st.attempt += 1;
         }
@@ -224,12 +248,14 @@ impl FlowRunner {
             .await
     }
 
-    /// One call of the step's plugin, its result written into `st`.
+    /// One call of the step's plugin with the whole `input`, its result
+    /// (the whole output) written into `st`. An input that refers to a
+    /// blob the store does not have fails without a call.
     async fn attempt(
         &self,
         flow_id: FlowId,
         step: &StepDef,
-        st: &mut FlowStepState,
+        (st, input): (&mut FlowStepState, &Value),
         active: &Active,
         may_retry: bool,
     ) -> Attempt {
@@ -240,11 +266,14 @@ impl FlowRunner {
             step: &step.name,
             attempt: st.attempt,
             config: &step.config,
-            input: st.inputs.as_ref().unwrap_or(&Value::Null),
+            input,
             timeout: step.timeout,
             stop: &active.stop,
         };
-        let execution = self.inner.executor.execute(&step.plugin, &call).await;
+        let execution = match self.missing_blob(input).await {
+            Some(why) => Execution::failed(PluginError::InvalidInput(why)),
+            None => self.inner.executor.execute(&step.plugin, &call).await,
+        };
         st.stdout = execution.stdout;
         st.stderr = execution.stderr;
         st.completed_at = Some(Utc::now());

@@ -12,7 +12,8 @@
 //! flows; background submission and its limit; idempotency keys, given back
 //! by refused requests, and a sync replay answering its run's end; a store
 //! outage holding the flow (no step starts unrecorded) up to the hold limit;
-//! which plugin failures are retried.
+//! which plugin failures are retried; large values offloaded to blobs and
+//! put back for plugins, blob references held, checked and swept.
 //!
 //! Every test asserts on the state recorded in the store, not only on what
 //! the runner returns. One file per concern; this one holds the helpers: the fake executor
@@ -23,6 +24,7 @@
 //! synchronise: they wait on the fake's calls, the observer's events or the
 //! store's writes, each bounded by `PATIENCE`.
 
+mod blobs;
 mod caching;
 mod cancel;
 mod fencing;
@@ -48,6 +50,7 @@ use tokio::sync::{Barrier, watch};
 use tokio::time::Instant;
 
 use super::{CacheSettings, FlowContext, FlowRunner, Ports, RetryPolicy, RunError, RunnerConfig};
+use crate::blob::MemoryBlobs;
 use crate::cache::{CacheError, CachedResult, Invalidate, ResultCache};
 use crate::executor::{Call, Execution, Executor, PluginError, PluginFacts};
 use crate::flow::{FlowCatalog, FlowDefinition};
@@ -616,6 +619,7 @@ struct Harness {
     exec: Arc<FakeExecutor>,
     store: Arc<TestStore>,
     cache: Arc<MemoryStore>,
+    blobs: Arc<MemoryBlobs>,
     events: Arc<Recorder>,
     flows: Arc<FlowCatalog>,
 }
@@ -637,12 +641,14 @@ impl Harness {
         let store = Arc::new(TestStore::new());
         let cache = Arc::new(MemoryStore::new());
         let (events, flows) = (Arc::new(Recorder::new()), Arc::new(catalog));
-        let runner = new_runner(&exec, &flows, &store, &cache, &events, config);
+        let blobs = Arc::new(MemoryBlobs::new());
+        let runner = new_runner(&exec, &flows, (&store, &cache, &blobs), &events, config);
         Harness {
             runner,
             exec,
             store,
             cache,
+            blobs,
             events,
             flows,
         }
@@ -655,11 +661,12 @@ impl Harness {
             exec,
             store,
             cache,
+            blobs,
             events,
             flows,
             ..
         } = self;
-        new_runner(exec, flows, store, cache, events, config)
+        new_runner(exec, flows, (store, cache, blobs), events, config)
     }
 
     fn def(&self, name: &str) -> Arc<FlowDefinition> {
@@ -724,8 +731,7 @@ impl Harness {
 fn new_runner(
     exec: &Arc<FakeExecutor>,
     flows: &Arc<FlowCatalog>,
-    store: &Arc<TestStore>,
-    cache: &Arc<MemoryStore>,
+    (store, cache, blobs): (&Arc<TestStore>, &Arc<MemoryStore>, &Arc<MemoryBlobs>),
     events: &Arc<Recorder>,
     config: RunnerConfig,
 ) -> FlowRunner {
@@ -734,7 +740,7 @@ fn new_runner(
         flows: flows.clone(),
         store: store.clone(),
         cache: cache.clone(),
-        blobs: Arc::new(crate::blob::MemoryBlobs::new()),
+        blobs: blobs.clone(),
         queue: None,
         observer: events.clone(),
     };

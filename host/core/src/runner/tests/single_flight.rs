@@ -70,7 +70,7 @@ outputs:
             store: h.store.clone(),
             cache: Arc::new(cache),
             blobs: Arc::new(crate::blob::MemoryBlobs::new()),
-        queue: None,
+            queue: None,
             observer: h.events.clone(),
         };
         FlowRunner::new(ports, config())

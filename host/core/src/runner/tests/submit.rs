@@ -299,7 +299,13 @@ async fn a_sync_replay_of_a_key_run_elsewhere_waits_for_the_store() {
     h.exec.wait_calls("upper", 1).await;
     // The replay comes to a runner where the run is not active: it reads
     // the store until the run ends.
-    let fresh = new_runner(&h.exec, &h.flows, &h.store, &h.cache, &h.events, config());
+    let fresh = new_runner(
+        &h.exec,
+        &h.flows,
+        (&h.store, &h.cache, &h.blobs),
+        &h.events,
+        config(),
+    );
     let def = h.def("chain");
     let mut replay = tokio::spawn(async move {
         let ctx = FlowContext {
