@@ -1,14 +1,17 @@
 //! The commands of the `flowhost` CLI, one function each: serve, run one
-//! flow, list plugins, validate and prune flows, invalidate the cache. The
-//! command line itself is parsed in `main.rs`.
+//! flow (its file inputs stored as blobs first), list plugins, validate and
+//! prune flows, invalidate the cache. The command line itself is parsed in
+//! `main.rs`.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
 use flowhost_core::analytics::parse_window;
+use flowhost_core::blob::{BlobRef, BlobStore, CHUNK};
 use flowhost_core::cache::{Invalidate, ResultCache};
 use flowhost_core::runner::FlowContext;
 use flowhost_core::state::{FlowStatus, StateStore};
@@ -29,6 +32,10 @@ pub enum Command {
         /// The inputs, as a JSON object, or @FILE to read them from a file
         #[arg(long, short, default_value = "{}")]
         input: String,
+        /// An input that is a file: stored as a blob, the input NAME is its
+        /// reference; the media type comes from the extension. Repeatable
+        #[arg(long = "input-file", value_name = "NAME=PATH")]
+        input_file: Vec<String>,
     },
     /// List the plugins found in the plugins folder, and the files skipped
     Plugins,
@@ -73,7 +80,11 @@ pub enum FlowsCommand {
 pub async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await,
-        Command::Run { flow, input } => run_flow(config, &flow, input).await,
+        Command::Run {
+            flow,
+            input,
+            input_file,
+        } => run_flow(config, &flow, input, &input_file).await,
         Command::Plugins => list_plugins(&config).await,
         Command::Cache {
             command: CacheCommand::Invalidate { plugin, flow, key },
@@ -127,16 +138,28 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs one flow in this process and prints its final state.
-async fn run_flow(config: Config, flow: &str, input: String) -> anyhow::Result<ExitCode> {
+async fn run_flow(
+    config: Config,
+    flow: &str,
+    input: String,
+    input_files: &[String],
+) -> anyhow::Result<ExitCode> {
     let text = match input.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read inputs from {path}"))?,
         None => input,
     };
-    let inputs: Map<String, Value> = match serde_json::from_str(&text) {
+    let mut inputs: Map<String, Value> = match serde_json::from_str(&text) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("flowhost: --input must be a JSON object: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let files = match input_files_of(input_files, &inputs, config.blobs.max_bytes) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("flowhost: --input-file {e}");
             return Ok(ExitCode::from(2));
         }
     };
@@ -156,6 +179,12 @@ async fn run_flow(config: Config, flow: &str, input: String) -> anyhow::Result<E
         );
         return Ok(ExitCode::from(2));
     };
+    for (name, path) in files {
+        let stored = store_file(app.blobs.as_ref(), &path)
+            .await
+            .with_context(|| format!("cannot store {} as a blob", path.display()))?;
+        inputs.insert(name, stored.to_json());
+    }
     if app.runner.is_shared() {
         // Its lease renewed for as long as it runs, so that no server sharing
         // the Redis takes the run over; it takes no queued work.
@@ -175,6 +204,68 @@ async fn run_flow(config: Config, flow: &str, input: String) -> anyhow::Result<E
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The `--input-file NAME=PATH` arguments, checked before anything starts:
+/// each names a new input and a readable file within `blobs.max_bytes`.
+fn input_files_of(
+    args: &[String],
+    inputs: &Map<String, Value>,
+    max_bytes: u64,
+) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for arg in args {
+        let Some((name, path)) = arg
+            .split_once('=')
+            .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        else {
+            return Err(format!("`{arg}`: expected NAME=PATH"));
+        };
+        if inputs.contains_key(name) || files.iter().any(|(n, _)| n == name) {
+            return Err(format!("`{arg}`: input `{name}` is given twice"));
+        }
+        let size = std::fs::metadata(path)
+            .map_err(|e| format!("`{arg}`: cannot read {path}: {e}"))?
+            .len();
+        if size > max_bytes {
+            return Err(format!(
+                "`{arg}`: {path} has {size} bytes, over blobs.max_bytes ({max_bytes})"
+            ));
+        }
+        files.push((name.to_owned(), PathBuf::from(path)));
+    }
+    Ok(files)
+}
+
+/// Stores a file as a blob, a `CHUNK` at a time, its media type guessed
+/// from its extension.
+async fn store_file(blobs: &dyn BlobStore, path: &Path) -> anyhow::Result<BlobRef> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let mut file = std::fs::File::open(path)?;
+    let mut upload = blobs.begin(crate::api::media_type_for(&name)).await?;
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        // A file read blocks the runtime's thread briefly; this process runs
+        // one flow and serves nothing.
+        let n = match file.read(&mut buffer) {
+            Ok(n) => n,
+            Err(e) => {
+                upload.abort().await;
+                return Err(e.into());
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = upload.write(&buffer[..n]).await {
+            upload.abort().await;
+            return Err(e.into());
+        }
+    }
+    Ok(upload.finish().await?)
 }
 
 async fn list_plugins(config: &Config) -> anyhow::Result<ExitCode> {

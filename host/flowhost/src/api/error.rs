@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use flowhost_core::blob::BlobError;
 use flowhost_core::runner::RunError;
 use flowhost_core::state::StoreError;
 
@@ -34,6 +35,21 @@ pub enum ApiError {
          whole body at once, with a Content-Length that matches it"
     )]
     BodyTimedOut(u64),
+    #[error(
+        "the body is over {0} bytes (blobs.max_bytes): store smaller blobs, or raise the limit"
+    )]
+    BlobTooLarge(u64),
+    #[error("{0}")]
+    BadBlobId(String),
+    #[error("no blob {0}; upload one with POST /api/v1/blobs")]
+    BlobNotFound(String),
+    #[error(
+        "blob {id} is held by [{}]: it can be removed once they are gone",
+        holders.join(", ")
+    )]
+    BlobHeld { id: String, holders: Vec<String> },
+    #[error("the range is outside the blob's {size} bytes: ask for bytes=0-{}", size.saturating_sub(1))]
+    RangeNotSatisfiable { size: u64 },
     #[error("the URI is over {0} bytes (limits.max_uri_bytes): send long values in the body")]
     UriTooLong(usize),
     #[error(
@@ -68,6 +84,8 @@ pub enum ApiError {
     TimedOut(u64),
     #[error("state store unavailable")]
     Unavailable(#[source] StoreError),
+    #[error("blob store unavailable")]
+    BlobsUnavailable(#[source] BlobError),
     #[error("cache unavailable")]
     CacheUnavailable(#[source] flowhost_core::cache::CacheError),
     #[error("internal error")]
@@ -89,6 +107,13 @@ impl ApiError {
             }
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::BodyTimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "body_timed_out"),
+            ApiError::BlobTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "blob_too_large"),
+            ApiError::BadBlobId(_) => (StatusCode::BAD_REQUEST, "bad_blob_id"),
+            ApiError::BlobNotFound(_) => (StatusCode::NOT_FOUND, "blob_not_found"),
+            ApiError::BlobHeld { .. } => (StatusCode::CONFLICT, "blob_held"),
+            ApiError::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
             ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
             ApiError::HeadersTooLarge { .. } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -104,6 +129,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::TimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "timed_out"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::BlobsUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::CacheUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -125,6 +151,16 @@ impl From<StoreError> for ApiError {
             StoreError::Fenced(id) => ApiError::Conflict(format!(
                 "flow {id} is now run by another host; this host's change was not applied"
             )),
+        }
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotFound(id) => ApiError::BlobNotFound(id.to_string()),
+            BlobError::Unavailable(_) => ApiError::BlobsUnavailable(e),
+            BlobError::Corrupt { .. } => ApiError::Internal(Box::new(e)),
         }
     }
 }
@@ -211,6 +247,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = self.answer();
         let mut response = (status, Json(body)).into_response();
+        if let ApiError::RangeNotSatisfiable { size } = &self
+            && let Ok(range) = axum::http::HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_RANGE, range);
+        }
         let retry_after = match &self {
             ApiError::Busy {
                 retry_after_secs, ..

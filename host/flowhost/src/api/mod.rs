@@ -1,8 +1,9 @@
-//! The HTTP API (axum): flow routes, plugin and flow listings, cache
+//! The HTTP API (axum): flow routes, blobs, plugin and flow listings, cache
 //! invalidation, analytics, health and Prometheus metrics, and the OpenAPI
 //! document of them all. Every route is registered here, through
 //! `utoipa_axum::routes!`, so the document cannot miss one; the handlers live
-//! by resource (`runs`, `listing`, `admin`), answers are shaped in `views`,
+//! by resource (`runs`, `blobs`, `listing`, `admin`; forms in `forms`),
+//! answers are shaped in `views`,
 //! failures in `error`, the limits on requests are in `limits` and `server`.
 //! Every answer that is not a success is the JSON `ErrorBody`, and the
 //! document lists each of them. Handlers translate HTTP to `App` calls and
@@ -10,7 +11,9 @@
 
 mod admin;
 mod auth;
+mod blobs;
 mod error;
+mod forms;
 mod limits;
 mod listing;
 mod runs;
@@ -34,6 +37,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use blobs::media_type_for;
 pub use error::{ApiError, ErrorBody};
 
 use crate::app::App;
@@ -56,6 +60,7 @@ pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
     let request_limits = RequestLimits {
         max_uri_bytes: config.limits.max_uri_bytes,
         max_body_bytes: config.limits.max_request_bytes,
+        max_streamed_bytes: config.blobs.max_bytes,
         body_timeout_ms: config.limits.body_timeout_ms,
     };
     let request_timeout = config.limits.request_timeout_ms;
@@ -72,6 +77,9 @@ pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::resume))
         .routes(routes!(runs::retry))
         .routes(routes!(runs::cancel))
+        .routes(routes!(blobs::upload))
+        .routes(routes!(blobs::download))
+        .routes(routes!(blobs::delete))
         .routes(routes!(listing::analytics))
         .routes(routes!(admin::list_flows))
         .routes(routes!(admin::list_plugins))
@@ -84,10 +92,16 @@ pub fn router_and_openapi(app: Arc<App>) -> (Router, utoipa::openapi::OpenApi) {
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     document_rejections(&mut doc, config);
+    // `read_body` holds every body to its own limit before a handler reads
+    // it; this one only keeps axum's extractors from cutting the streamed
+    // ones (a form of blobs) at their default.
+    let extractor_limit = usize::try_from(request_limits.max_streamed_bytes)
+        .unwrap_or(usize::MAX)
+        .max(request_limits.max_body_bytes);
     let router = router
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)
-        .layer(DefaultBodyLimit::max(request_limits.max_body_bytes))
+        .layer(DefaultBodyLimit::max(extractor_limit))
         .layer(axum::middleware::from_fn_with_state(
             request_timeout,
             time_limit,
@@ -190,7 +204,10 @@ fn document_rejections(doc: &mut utoipa::openapi::OpenApi, config: &Config) {
                 "The request line and header fields are over limits.max_header_bytes, or more than 100 fields",
             );
             if operation.request_body.is_some() {
-                add("413", "The body is over limits.max_request_bytes");
+                add(
+                    "413",
+                    "The body is over limits.max_request_bytes (a form with files: over blobs.max_bytes)",
+                );
             }
             if tokens && !open {
                 add(
@@ -263,6 +280,6 @@ mod tests {
             !code.contains(concat!(".route", "(")),
             "use .routes(routes!(handler))"
         );
-        assert_eq!(code.matches(".routes(routes!(").count(), 15);
+        assert_eq!(code.matches(".routes(routes!(").count(), 18);
     }
 }

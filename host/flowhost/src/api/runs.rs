@@ -1,12 +1,13 @@
 //! The routes of one run: execute (sync), execute-async, status, and the
 //! controls resume, retry and cancel. Handlers turn HTTP into runner calls
-//! and the state they return into views.
+//! and the state they return into views. An execute body is JSON, or a
+//! `multipart/form-data` form whose files become blobs (`forms`).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Json;
 use flowhost_core::flow::FlowDefinition;
@@ -16,27 +17,29 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::forms::{self, ExecuteForm};
+use super::limits::is_multipart;
 use super::views::{FlowRunView, Submitted, flow_view};
 use super::{ApiError, AppState, ErrorBody, PathParams};
 use crate::app::App;
 
 /// The body of `execute`: the flow's inputs, and optionally its id and
 /// metadata to record with it.
-#[derive(Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ExecuteRequest {
     /// The flow's inputs, by name.
     #[serde(default)]
     #[schema(value_type = Object)]
-    inputs: Map<String, Value>,
+    pub inputs: Map<String, Value>,
     /// A UUID for the run; one is generated when absent.
     #[serde(default)]
     #[schema(value_type = Option<uuid::Uuid>)]
-    flow_id: Option<String>,
+    pub flow_id: Option<String>,
     /// Recorded with the run.
     #[serde(default)]
     #[schema(value_type = Object)]
-    metadata: Map<String, Value>,
+    pub metadata: Map<String, Value>,
 }
 
 /// The flow served under `name`: 404 for none, 503 for one that waits for
@@ -97,7 +100,9 @@ fn in_flow(flow: &str, raw_id: &str, e: RunError) -> ApiError {
 /// Run a flow and wait for its end.
 ///
 /// The body is read as JSON whatever its Content-Type, so a plain `curl -d`
-/// works. A plugin failure gives a `failed` run, not an HTTP error.
+/// works; or it is a `multipart/form-data` form, each file part stored as a
+/// blob whose reference is the input named by the part. A plugin failure
+/// gives a `failed` run, not an HTTP error.
 #[utoipa::path(
     post,
     path = "/api/v1/{flow}/execute",
@@ -105,7 +110,10 @@ fn in_flow(flow: &str, raw_id: &str, e: RunError) -> ApiError {
         ("flow" = String, Path, description = "The flow's name", example = "document_analysis"),
         ("Idempotency-Key" = Option<String>, Header, description = "The same key gives the same run"),
     ),
-    request_body = ExecuteRequest,
+    request_body(content(
+        (ExecuteRequest = "application/json"),
+        (ExecuteForm = "multipart/form-data"),
+    )),
     responses(
         (status = 200, description = "The run ended: completed, failed, paused or cancelled", body = FlowRunView),
         (status = 400, description = "Malformed body, flow id or Idempotency-Key", body = ErrorBody),
@@ -118,43 +126,60 @@ fn in_flow(flow: &str, raw_id: &str, e: RunError) -> ApiError {
 pub(super) async fn execute(
     State(app): AppState,
     PathParams(flow): PathParams<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Json<FlowRunView>, ApiError> {
     let def = flow_def(&app, &flow)?;
-    let (inputs, ctx) = execute_request(&body, &headers)?;
+    let (inputs, ctx) = execute_request(&app, request).await?;
     let state = app.runner.execute(def.clone(), inputs, ctx).await?;
     Ok(Json(flow_view(&def, &state, false)))
 }
 
-/// The inputs and context of an execute request: its JSON body (read as JSON
-/// whatever its Content-Type, so a plain `curl -d` works) and its
+/// The inputs and context of an execute request: its body, JSON or a form,
+/// and its `Idempotency-Key` header. The flow was found first, so that a
+/// form's files are stored only for a flow that exists.
+async fn execute_request(
+    app: &App,
+    request: Request,
+) -> Result<(Map<String, Value>, FlowContext), ApiError> {
+    let headers = request.headers().clone();
+    let body = if is_multipart(&headers) {
+        forms::execute_form(app, request).await?
+    } else {
+        let bytes = Bytes::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::BadBody(e.body_text()))?;
+        json_body(&bytes)?
+    };
+    context(body, &headers)
+}
+
+/// A JSON execute body, read as JSON whatever its Content-Type, so that a
+/// plain `curl -d` works.
+fn json_body(body: &Bytes) -> Result<ExecuteRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ExecuteRequest::default());
+    }
+    let example = "send a JSON object such as {\"inputs\": {\"text\": \"...\"}}";
+    // Read as an object first: serde would take a JSON array for the
+    // struct, field by field in order.
+    let object: Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
+        let found = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(_)) => "an array".to_owned(),
+            Ok(other) => format!("{other}"),
+            Err(_) => return ApiError::BadBody(format!("{e}; {example}")),
+        };
+        ApiError::BadBody(format!("expected a JSON object, found {found}; {example}"))
+    })?;
+    serde_json::from_value(Value::Object(object))
+        .map_err(|e| ApiError::BadBody(format!("{e}; {example}")))
+}
+
+/// The run's context: its id and metadata from the body, and the
 /// `Idempotency-Key` header.
-fn execute_request(
-    body: &Bytes,
+fn context(
+    request: ExecuteRequest,
     headers: &HeaderMap,
 ) -> Result<(Map<String, Value>, FlowContext), ApiError> {
-    let request: ExecuteRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ExecuteRequest {
-            inputs: Map::new(),
-            flow_id: None,
-            metadata: Map::new(),
-        }
-    } else {
-        let example = "send a JSON object such as {\"inputs\": {\"text\": \"...\"}}";
-        // Read as an object first: serde would take a JSON array for the
-        // struct, field by field in order.
-        let object: Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
-            let found = match serde_json::from_slice::<Value>(body) {
-                Ok(Value::Array(_)) => "an array".to_owned(),
-                Ok(other) => format!("{other}"),
-                Err(_) => return ApiError::BadBody(format!("{e}; {example}")),
-            };
-            ApiError::BadBody(format!("expected a JSON object, found {found}; {example}"))
-        })?;
-        serde_json::from_value(Value::Object(object))
-            .map_err(|e| ApiError::BadBody(format!("{e}; {example}")))?
-    };
     let mut ctx = FlowContext::new();
     if let Some(raw) = &request.flow_id {
         ctx.flow_id = raw.parse().map_err(|_| ApiError::BadFlowId(raw.clone()))?;
@@ -188,7 +213,10 @@ fn execute_request(
         ("flow" = String, Path, description = "The flow's name", example = "document_analysis"),
         ("Idempotency-Key" = Option<String>, Header, description = "The same key gives the same run"),
     ),
-    request_body = ExecuteRequest,
+    request_body(content(
+        (ExecuteRequest = "application/json"),
+        (ExecuteForm = "multipart/form-data"),
+    )),
     responses(
         (status = 202, description = "Accepted: the run is recorded and starts in the background", body = Submitted),
         (status = 400, description = "Malformed body, flow id or Idempotency-Key", body = ErrorBody),
@@ -202,11 +230,10 @@ fn execute_request(
 pub(super) async fn execute_async(
     State(app): AppState,
     PathParams(flow): PathParams<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     let def = flow_def(&app, &flow)?;
-    let (inputs, ctx) = execute_request(&body, &headers)?;
+    let (inputs, ctx) = execute_request(&app, request).await?;
     let id = app.runner.submit(def.clone(), inputs, ctx).await?;
     let status = match app.store.get_flow(id).await? {
         Some(state) => state.status.to_string(),
