@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -56,12 +57,13 @@ impl Drop for TempFile {
 }
 
 /// A blob's lock, held until dropped.
-struct Locked {
+struct Locked<'a> {
     _file: File,
+    _stripe: MutexGuard<'a, ()>,
     path: PathBuf,
 }
 
-impl Locked {
+impl Locked<'_> {
     /// Removes the lock file while still holding it: whoever waits on it then
     /// finds it gone and locks a new one (see `Folder::lock`).
     fn remove(self) -> io::Result<()> {
@@ -74,6 +76,10 @@ impl Locked {
 
 pub(crate) struct Folder {
     root: PathBuf,
+    /// In-process locks, by the first byte of the hash, taken before the
+    /// file lock: where file locks are per process (`flock` emulated over
+    /// NFS), two threads of one host would otherwise both get the lock.
+    stripes: Vec<Mutex<()>>,
 }
 
 impl Folder {
@@ -81,6 +87,7 @@ impl Folder {
     pub(crate) fn open(root: &Path) -> io::Result<Folder> {
         let folder = Folder {
             root: root.to_owned(),
+            stripes: (0..256).map(|_| Mutex::new(())).collect(),
         };
         for sub in ["data", "meta", "locks", "tmp"] {
             fs::create_dir_all(folder.root.join(sub))?;
@@ -128,8 +135,13 @@ impl Folder {
     /// Locks `id` against every other process and host using the folder.
     /// The lock file goes away with its blob, so a lock taken on a file that
     /// was removed (or replaced) meanwhile is dropped and taken again.
-    fn lock(&self, id: &BlobId) -> io::Result<Locked> {
+    fn lock(&self, id: &BlobId) -> io::Result<Locked<'_>> {
         let path = self.fanned("locks", id, "");
+        let stripe = usize::from_str_radix(&id.hex()[..2], 16).expect("a blob id is hex");
+        // Nothing is left half-done under this mutex, so a poisoned one is fine.
+        let stripe = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         loop {
             let file = match OpenOptions::new()
                 .read(true)
@@ -147,7 +159,11 @@ impl Folder {
             file.lock()?;
             match fs::metadata(&path) {
                 Ok(now) if same_file(&now, &file.metadata()?) => {
-                    return Ok(Locked { _file: file, path });
+                    return Ok(Locked {
+                        _file: file,
+                        _stripe: stripe,
+                        path,
+                    });
                 }
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -167,7 +183,7 @@ impl Folder {
 
     /// Locks `id` and loads its sidecar; `None`, and no lock file left
     /// behind, when it is not stored.
-    fn lock_stored(&self, id: &BlobId) -> Result<Option<(Locked, Meta)>, BlobError> {
+    fn lock_stored(&self, id: &BlobId) -> Result<Option<(Locked<'_>, Meta)>, BlobError> {
         let lock = self.lock(id).map_err(BlobError::unavailable)?;
         match self.load(id)? {
             Some((meta, _)) => Ok(Some((lock, meta))),
