@@ -51,6 +51,7 @@ async fn the_retention_prune_repairs_status_index_lines_out_of_step() {
         retention: Some(Duration::from_secs(3600)),
         owner: "repair-test".into(),
         lease_ttl: Duration::from_secs(10),
+        compress_min_bytes: flowhost_redis::DEFAULT_COMPRESS_MIN_BYTES,
     })
     .await
     .unwrap();

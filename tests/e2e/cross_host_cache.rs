@@ -27,6 +27,7 @@ fn store_config(server: &RedisServer, prefix: &str, owner: &str) -> RedisStoreCo
         retention: None,
         owner: owner.into(),
         lease_ttl: Duration::from_secs(10),
+        compress_min_bytes: flowhost_redis::DEFAULT_COMPRESS_MIN_BYTES,
     }
 }
 

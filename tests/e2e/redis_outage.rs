@@ -219,6 +219,7 @@ fn store_config(url: &str, prefix: &str, owner: &str) -> flowhost_redis::RedisSt
         retention: None,
         owner: owner.into(),
         lease_ttl: Duration::from_secs(10),
+        compress_min_bytes: flowhost_redis::DEFAULT_COMPRESS_MIN_BYTES,
     }
 }
 

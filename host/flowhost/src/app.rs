@@ -304,6 +304,7 @@ pub fn redis_config(config: &Config, owner: String) -> RedisStoreConfig {
         response_timeout: Duration::from_millis(config.redis.response_timeout_ms),
         connect_timeout: Duration::from_millis(config.redis.connect_timeout_ms),
         retention: Some(Duration::from_secs(config.retention.finished_seconds)),
+        compress_min_bytes: config.state.compress_min_bytes,
     }
 }
 

@@ -1,14 +1,15 @@
 //! The result cache in Redis: `impl ResultCache for RedisStore`. Entries are
 //! strings with a TTL; the sets of the keys each plugin computed and each
 //! flow stored serve invalidation by plugin or by flow. A key's lead (the
-//! host computing it for the others) is a string with a TTL beside it.
+//! host computing it for the others) is a string with a TTL beside it. An
+//! entry longer than the configured size is stored compressed (`codec::pack`).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use flowhost_core::cache::{CacheError, CachedResult, Invalidate, ResultCache};
 
-use crate::codec::cache_unavailable;
+use crate::codec::{cache_unavailable, pack, unpack};
 use crate::store::RedisStore;
 
 impl RedisStore {
@@ -43,16 +44,18 @@ impl RedisStore {
 #[async_trait]
 impl ResultCache for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<CachedResult>, CacheError> {
-        let raw: Option<String> = redis::cmd("GET")
+        let raw: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.keys.result(key))
             .query_async(&mut self.conn.clone())
             .await
             .map_err(cache_unavailable)?;
+        let corrupt = |reason: String| CacheError::Corrupt {
+            key: key.to_owned(),
+            reason,
+        };
         raw.map(|r| {
-            serde_json::from_str(&r).map_err(|e| CacheError::Corrupt {
-                key: key.to_owned(),
-                reason: e.to_string(),
-            })
+            let text = unpack(&r).map_err(corrupt)?;
+            serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))
         })
         .transpose()
     }
@@ -66,7 +69,7 @@ impl ResultCache for RedisStore {
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.keys.result(&entry.key))
-            .arg(json)
+            .arg(pack(json, self.compress_min))
             .arg("PX")
             .arg(ttl_ms)
             .ignore();

@@ -1,7 +1,8 @@
 //! `FallbackStore`, the store the binary chooses: Redis when it is configured
 //! and reachable, memory otherwise, with `RedisHealth` for `/healthz`. A
 //! monitor task pings Redis and reconnects without a restart; while Redis is
-//! away, new flows run on memory (loudly) and stay there.
+//! away, new flows run on memory (loudly) and stay there; so do new blobs,
+//! and reads of blobs look in both.
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use flowhost_core::blob::{BlobError, BlobId, BlobStat, BlobStore, BlobUpload, Hold, MemoryBlobs};
 use flowhost_core::cache::{CacheError, CachedResult, Invalidate, ResultCache};
 use flowhost_core::memory::MemoryStore;
 use flowhost_core::observe::{Event, NoObserver, Observer};
@@ -36,6 +38,8 @@ pub enum RedisHealth {
 
 pub struct FallbackStore {
     memory: MemoryStore,
+    /// Blobs stored while Redis is away (or not configured).
+    blobs: MemoryBlobs,
     config: Option<RedisStoreConfig>,
     /// The live connection, when there is one; `None` while Redis is away.
     redis: RwLock<Option<RedisStore>>,
@@ -48,6 +52,7 @@ impl FallbackStore {
     pub fn memory() -> Arc<Self> {
         Arc::new(FallbackStore {
             memory: MemoryStore::new(),
+            blobs: MemoryBlobs::new(),
             config: None,
             redis: RwLock::new(None),
             health: RwLock::new(RedisHealth::NotConfigured),
@@ -69,6 +74,7 @@ impl FallbackStore {
     ) -> Arc<Self> {
         let store = Arc::new(FallbackStore {
             memory: MemoryStore::new(),
+            blobs: MemoryBlobs::new(),
             config: Some(config),
             redis: RwLock::new(None),
             health: RwLock::new(RedisHealth::NotConfigured),
@@ -352,7 +358,7 @@ impl StateStore for FallbackStore {
     async fn release(&self, id: FlowId) -> Result<(), StoreError> {
         match self.owner(id)? {
             Owner::Memory => Ok(()),
-            Owner::Redis(r) => self.timed("release", r.release(id)).await,
+            Owner::Redis(r) => self.timed("release", StateStore::release(&r, id)).await,
         }
     }
 }
@@ -441,5 +447,91 @@ impl ResultCache for FallbackStore {
                 .await?;
         }
         Ok(removed)
+    }
+}
+
+/// Blobs go where new flows go; a blob is looked up in memory first, then in
+/// Redis while there is a connection.
+impl FallbackStore {
+    /// Where an existing blob lives: `None` for memory.
+    async fn blob_home(&self, id: &BlobId) -> Result<Option<RedisStore>, BlobError> {
+        if self.blobs.stat(id).await?.is_some() {
+            return Ok(None);
+        }
+        match (self.current(), &self.config) {
+            (Some(redis), _) => Ok(Some(redis)),
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(BlobError::Unavailable("redis not connected".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for FallbackStore {
+    async fn begin(&self, media_type: &str) -> Result<Box<dyn BlobUpload>, BlobError> {
+        match self.healthy() {
+            Some(redis) => redis.begin(media_type).await,
+            None => self.blobs.begin(media_type).await,
+        }
+    }
+
+    async fn stat(&self, id: &BlobId) -> Result<Option<BlobStat>, BlobError> {
+        match self.blob_home(id).await? {
+            Some(redis) => self.timed("blob_stat", redis.stat(id)).await,
+            None => self.blobs.stat(id).await,
+        }
+    }
+
+    async fn read(&self, id: &BlobId, offset: u64, len: u64) -> Result<Vec<u8>, BlobError> {
+        match self.blob_home(id).await? {
+            Some(redis) => self.timed("blob_read", redis.read(id, offset, len)).await,
+            None => self.blobs.read(id, offset, len).await,
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<BlobId>, BlobError> {
+        let mut ids = self.blobs.list().await?;
+        if let Some(redis) = self.current() {
+            ids.extend(self.timed("blob_list", BlobStore::list(&redis)).await?);
+        }
+        Ok(ids)
+    }
+
+    async fn hold(&self, id: &BlobId, hold: &Hold) -> Result<(), BlobError> {
+        match self.blob_home(id).await? {
+            Some(redis) => self.timed("blob_hold", redis.hold(id, hold)).await,
+            None => self.blobs.hold(id, hold).await,
+        }
+    }
+
+    async fn holds(&self, id: &BlobId) -> Result<Vec<Hold>, BlobError> {
+        match self.blob_home(id).await? {
+            Some(redis) => self.timed("blob_holds", redis.holds(id)).await,
+            None => self.blobs.holds(id).await,
+        }
+    }
+
+    async fn release(&self, id: &BlobId, holders: &[String]) -> Result<(), BlobError> {
+        match self.blob_home(id).await? {
+            Some(redis) => {
+                self.timed("blob_release", BlobStore::release(&redis, id, holders))
+                    .await
+            }
+            None => self.blobs.release(id, holders).await,
+        }
+    }
+
+    async fn remove_unheld(
+        &self,
+        id: &BlobId,
+        touched_before: DateTime<Utc>,
+    ) -> Result<bool, BlobError> {
+        match self.blob_home(id).await? {
+            Some(redis) => {
+                self.timed("blob_remove", redis.remove_unheld(id, touched_before))
+                    .await
+            }
+            None => self.blobs.remove_unheld(id, touched_before).await,
+        }
     }
 }

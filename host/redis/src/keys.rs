@@ -83,4 +83,25 @@ impl Keys {
     pub(crate) fn results_of_flow(&self, flow: &str) -> String {
         format!("{}cache:flow:{flow}", self.prefix)
     }
+    /// A blob's meta hash; the blob's hash is its hash tag.
+    pub(crate) fn blob(&self, hex: &str) -> String {
+        format!("{}blob:{{{hex}}}", self.prefix)
+    }
+    /// A blob's holds, in the slot of its meta.
+    pub(crate) fn blob_holds(&self, hex: &str) -> String {
+        format!("{}blob:{{{hex}}}:holds", self.prefix)
+    }
+    /// Chunk `n` of the bytes stored by upload `upload`: every chunk of one
+    /// upload shares its hash tag.
+    pub(crate) fn blob_chunk(&self, upload: &str, n: u64) -> String {
+        format!("{}blobdata:{{{upload}}}:{n}", self.prefix)
+    }
+    /// Every chunk key of an upload of `count` chunks.
+    pub(crate) fn blob_chunks(&self, upload: &str, count: u64) -> Vec<String> {
+        (0..count).map(|n| self.blob_chunk(upload, n)).collect()
+    }
+    /// The set of every stored blob's hash, for the retention sweep.
+    pub(crate) fn blobs(&self) -> String {
+        format!("{}blobs", self.prefix)
+    }
 }

@@ -3,11 +3,9 @@
 //! `impl StateStore` delegates its lease methods here; the tokens held are
 //! in `fencing`.
 
-use std::collections::BTreeMap;
-
 use flowhost_core::state::{Claim, FlowId, FlowState, Renewal, StoreError};
 
-use crate::codec::{decode_flow, unavailable};
+use crate::codec::{Fields, decode_flow, unavailable};
 use crate::scripts::{CLAIM, DELETE_IF, RENEW};
 use crate::store::RedisStore;
 
@@ -22,12 +20,7 @@ impl RedisStore {
         &self,
         id: FlowId,
     ) -> Result<(Claim, Option<FlowState>), StoreError> {
-        type Reply = (
-            i64,
-            String,
-            BTreeMap<String, String>,
-            BTreeMap<String, String>,
-        );
+        type Reply = (i64, String, Fields, Fields);
         let (token, holder, header, steps): Reply = CLAIM
             .key(self.keys.flow(id))
             .key(self.keys.lease(id))

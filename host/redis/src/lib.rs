@@ -1,7 +1,8 @@
 //! flowhost's Redis adapter: flow state (`RedisStore`, a `StateStore`), the
 //! leases that let hosts share it, the shared work queue (`WorkQueue`), the
-//! result cache (`ResultCache`), and `FallbackStore`, which runs on memory
-//! while Redis is away. Key names live in `keys` alone, Lua in `scripts`.
+//! result cache (`ResultCache`), blobs (`BlobStore`), and `FallbackStore`,
+//! which runs on memory while Redis is away. Key names live in `keys` alone,
+//! Lua in `scripts`.
 //!
 //! Layout, with `P` the configured prefix (default `fh:`); every key of one flow
 //! carries the flow id as its hash tag so a Redis Cluster keeps them together:
@@ -23,6 +24,16 @@
 //! - `P cache:plugin:NAME`, `P cache:flow:NAME`  sets of the cache keys each
 //!   plugin computed and each flow stored, for invalidation; they expire with
 //!   their longest-lived entry
+//! - `P blob:{HEX}`       hash, a stored blob (`RedisStore` is a `BlobStore`):
+//!   size, media_type, data (the upload whose chunks hold the bytes), chunks,
+//!   touched_at (ms); HEX is the blake3 hash of the bytes
+//! - `P blob:{HEX}:holds` sorted set, holder → until (ms, `+inf` for none)
+//! - `P blobdata:{UPLOAD}:N` string, chunk N (512 KiB, the last shorter) of an
+//!   upload's bytes, with a TTL until the upload finishes
+//! - `P blobs`            set of every stored blob's HEX, for the sweep
+//!
+//! Inputs, outputs, metadata, steps and cache entries longer than
+//! `compress_min_bytes` are stored zstd-compressed (see `codec`).
 //!
 //! One multiplexed connection (a `ConnectionManager`, or a cluster connection)
 //! is shared by all requests; each write is one script call, so recording a
@@ -30,6 +41,7 @@
 //! same script; on a Cluster, where they live in other slots, in a pipeline
 //! right after it.
 
+mod blobs;
 mod cache;
 mod codec;
 mod config;
@@ -44,6 +56,6 @@ mod scripts;
 mod store;
 mod write;
 
-pub use config::RedisStoreConfig;
+pub use config::{DEFAULT_COMPRESS_MIN_BYTES, RedisStoreConfig};
 pub use fallback::{FallbackStore, RedisHealth};
 pub use store::RedisStore;

@@ -1,6 +1,7 @@
-//! The Lua scripts: each write of a flow, and each lease operation, is one
-//! script call (one round trip, atomic on its slot). Their KEYS and ARGV are
-//! documented on each; `all` lists them for loading at connect.
+//! The Lua scripts: each write of a flow, each lease operation, and each
+//! step of a blob's life that must be atomic is one script call (one round
+//! trip, atomic on its slot). Their KEYS and ARGV are documented on each;
+//! `all` lists them for loading at connect.
 
 use std::sync::LazyLock;
 
@@ -140,7 +141,81 @@ return 0
     )
 });
 
+/// Keeps the chunks of a finished upload: removes their TTL, if every one
+/// is still there. KEYS: the upload's chunks (one slot: the upload's tag).
+/// Returns 1, or 0 (nothing changed) when a chunk expired.
+pub(crate) static KEEP_CHUNKS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for k = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 0 then return 0 end
+end
+for k = 1, #KEYS do redis.call('PERSIST', KEYS[k]) end
+return 1
+",
+    )
+});
+
+/// Makes a blob visible: creates its meta unless it exists, else only
+/// touches it (the bytes stored first stay, and their media type). KEYS:
+/// meta. ARGV: upload id, size, chunk count, media type, now ms. Returns
+/// {1, size, media type} when created, {0, size, media type} of the blob
+/// already there otherwise.
+pub(crate) static FINISH_BLOB: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'touched_at', ARGV[5])
+  local m = redis.call('HMGET', KEYS[1], 'size', 'media_type')
+  return {0, m[1], m[2]}
+end
+redis.call('HSET', KEYS[1], 'size', ARGV[2], 'media_type', ARGV[4], 'data', ARGV[1],
+  'chunks', ARGV[3], 'touched_at', ARGV[5])
+return {1, ARGV[2], ARGV[4]}
+",
+    )
+});
+
+/// Records a hold on a blob if the blob exists (atomic with its removal).
+/// KEYS: meta, holds. ARGV: holder, until ms or '+inf'. Returns 1, or 0
+/// when there is no such blob.
+pub(crate) static HOLD_BLOB: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+",
+    )
+});
+
+/// Removes a blob's meta (and so the blob) if nothing holds it and it was
+/// last touched before the cutoff; the caller deletes the chunks after.
+/// KEYS: meta, holds. ARGV: cutoff ms. Returns {1, upload, chunk count}
+/// when removed, else {0, '', 0}.
+pub(crate) static REMOVE_UNHELD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local m = redis.call('HMGET', KEYS[1], 'touched_at', 'data', 'chunks')
+if not m[1] or redis.call('ZCARD', KEYS[2]) > 0 then return {0, '', 0} end
+if tonumber(m[1]) >= tonumber(ARGV[1]) then return {0, '', 0} end
+redis.call('DEL', KEYS[1], KEYS[2])
+return {1, m[2], tonumber(m[3])}
+",
+    )
+});
+
 /// Every script, to load up front so that no request pays for sending one.
-pub(crate) fn all() -> [&'static Script; 5] {
-    [&*CREATE_FLOW, &*WRITE_FLOW, &*CLAIM, &*RENEW, &*DELETE_IF]
+pub(crate) fn all() -> [&'static Script; 9] {
+    [
+        &*CREATE_FLOW,
+        &*WRITE_FLOW,
+        &*CLAIM,
+        &*RENEW,
+        &*DELETE_IF,
+        &*KEEP_CHUNKS,
+        &*FINISH_BLOB,
+        &*HOLD_BLOB,
+        &*REMOVE_UNHELD,
+    ]
 }

@@ -2,7 +2,6 @@
 //! configuration and its connect. The trait impl here delegates writes to
 //! `write`, listings and pruning to `index`, and leases to `leases`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +11,7 @@ use flowhost_core::state::{
     StateStore, StoreError,
 };
 
-use crate::codec::{decode_flow, parse_flow_id, unavailable};
+use crate::codec::{Fields, decode_flow, parse_flow_id, unavailable};
 pub use crate::config::RedisStoreConfig;
 use crate::conn::Conn;
 use crate::fencing::HeldLeases;
@@ -27,6 +26,8 @@ pub struct RedisStore {
     pub(crate) owner: String,
     pub(crate) lease_ttl: Duration,
     pub(crate) held: HeldLeases,
+    /// State values longer than this are stored compressed (0: none).
+    pub(crate) compress_min: usize,
 }
 
 impl RedisStore {
@@ -40,6 +41,7 @@ impl RedisStore {
             owner: config.owner.clone(),
             lease_ttl: config.lease_ttl,
             held: HeldLeases::default(),
+            compress_min: config.compress_min_bytes,
         };
         store.ping().await?;
         store.ensure_group().await?;
@@ -85,7 +87,7 @@ impl StateStore for RedisStore {
     }
 
     async fn get_flow(&self, id: FlowId) -> Result<Option<FlowState>, StoreError> {
-        let (header, steps): (BTreeMap<String, String>, BTreeMap<String, String>) = redis::pipe()
+        let (header, steps): (Fields, Fields) = redis::pipe()
             .hgetall(self.keys.flow(id))
             .hgetall(self.keys.steps(id))
             .query_async(&mut self.conn.clone())

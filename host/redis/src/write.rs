@@ -17,7 +17,7 @@ impl RedisStore {
     /// lines and the queue entry after it.
     pub(crate) async fn create(&self, flow: &FlowState) -> Result<(), StoreError> {
         let id = flow.flow_id;
-        let header = header_fields(flow);
+        let header = header_fields(flow, self.compress_min);
         // A flow created running is its creator's; a pending one waits for
         // a host to claim it.
         let leased = flow.status == FlowStatus::Running;
@@ -40,7 +40,9 @@ impl RedisStore {
             invocation.arg(*field).arg(value);
         }
         for step in flow.steps.values() {
-            invocation.arg(&step.step_name).arg(encode_step(step)?);
+            invocation
+                .arg(&step.step_name)
+                .arg(encode_step(step, self.compress_min)?);
         }
         // A flow created pending waits in the queue for a host to run it.
         let queued = flow.status == FlowStatus::Pending;
@@ -135,7 +137,7 @@ impl RedisStore {
         if let Some(status) = inline_index {
             self.status_keys(&mut invocation, status);
         }
-        let fields = patch_fields(patch);
+        let fields = patch_fields(patch, self.compress_min);
         invocation
             .arg(token.map(|t| t.to_string()).unwrap_or_default())
             .arg(release.map(|t| self.lease_value(t)).unwrap_or_default())
@@ -147,7 +149,9 @@ impl RedisStore {
         }
         invocation.arg(steps.len() * 2);
         for step in steps {
-            invocation.arg(&step.step_name).arg(encode_step(step)?);
+            invocation
+                .arg(&step.step_name)
+                .arg(encode_step(step, self.compress_min)?);
         }
         let now = Utc::now().timestamp_millis();
         if inline_index.is_some() {
