@@ -85,21 +85,21 @@ pub(crate) fn encode_step(step: &FlowStepState, min: usize) -> Result<Vec<u8>, S
 /// packed past `min` bytes.
 pub(crate) fn patch_fields(patch: &FlowPatch, min: usize) -> Vec<(&'static str, Vec<u8>)> {
     let mut fields: Vec<(&'static str, Vec<u8>)> = Vec::new();
-    let mut text = |field, value: String| fields.push((field, value.into_bytes()));
+    let mut plain = |field, value: String| fields.push((field, value.into_bytes()));
     if let Some(status) = patch.status {
-        text("status", status.to_string());
+        plain("status", status.to_string());
     }
     if let Some(step) = &patch.current_step {
-        text("current_step", step.clone());
+        plain("current_step", step.clone());
     }
     if let Some(at) = patch.completed_at {
-        text("completed_at", at.to_rfc3339());
+        plain("completed_at", at.to_rfc3339());
     }
     if let Some(t) = patch.total_execution_time {
-        text("total_execution_time", t.to_string());
+        plain("total_execution_time", t.to_string());
     }
     if let Some(error) = &patch.error {
-        text("error", error.clone());
+        plain("error", error.clone());
     }
     if let Some(outputs) = &patch.outputs {
         fields.push(("outputs", pack(outputs.to_string(), min)));
