@@ -9,7 +9,7 @@ target=wasm32-wasip2
 out="${CARGO_TARGET_DIR:-$here/target}/$target/release"
 
 executors=(text-normalize text-stats keywords summarize llm-complete)
-testing=(echo chaos other-world hostile describe-sleeps describe-loops describe-huge describe-oom)
+testing=(echo chaos other-world hostile describe-sleeps describe-loops describe-huge describe-oom blobs contract-0-1-0)
 
 rustup target add "$target" >/dev/null 2>&1 || rustup target add "$target"
 cargo build --release --target "$target" --manifest-path "$here/Cargo.toml"

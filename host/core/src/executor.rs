@@ -103,9 +103,16 @@ pub enum PluginError {
     InputTooLarge { size: usize, limit: usize },
     #[error("output is {size} bytes, over the plugin's limit of {limit}")]
     OutputTooLarge { size: usize, limit: usize },
+    #[error("blob bytes {what} would reach {size}, over the plugin's limit of {limit}")]
+    BlobTooLarge {
+        /// `read` or `written`.
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
     #[error("capability denied: {capability}: {detail} (the plugin then said: {plugin_said})")]
     CapabilityDenied {
-        /// `filesystem`, `environment`, `socket` or `http`.
+        /// `filesystem`, `environment`, `socket`, `http` or `blobs`.
         capability: &'static str,
         detail: String,
         plugin_said: String,
@@ -134,6 +141,7 @@ impl PluginError {
             | PluginError::FuelExhausted(_)
             | PluginError::InputTooLarge { .. }
             | PluginError::OutputTooLarge { .. }
+            | PluginError::BlobTooLarge { .. }
             | PluginError::CapabilityDenied { .. } => false,
         }
     }
@@ -155,6 +163,7 @@ impl PluginError {
             PluginError::FuelExhausted(_) => "fuel_exhausted",
             PluginError::InputTooLarge { .. } => "input_too_large",
             PluginError::OutputTooLarge { .. } => "output_too_large",
+            PluginError::BlobTooLarge { .. } => "blob_too_large",
             PluginError::CapabilityDenied { .. } => "capability_denied",
         }
     }

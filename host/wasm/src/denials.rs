@@ -1,5 +1,5 @@
 //! Capabilities a plugin reached for and was refused during one step. The
-//! sandbox and the `wasi:http` gate record them here; the run reads them to
+//! sandbox, the `wasi:http` gate and the blob access record them here; the run reads them to
 //! report a step that failed after a refusal as `capability_denied`.
 //! Invariant: at most `MAX_DENIALS` distinct entries per step.
 
@@ -11,7 +11,7 @@ const MAX_DENIALS: usize = 16;
 /// A capability a plugin reached for and was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial {
-    /// `filesystem`, `environment`, `socket` or `http`.
+    /// `filesystem`, `environment`, `socket`, `http` or `blobs`.
     pub capability: &'static str,
     pub detail: String,
 }

@@ -10,7 +10,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::p2::bindings::cli::environment;
 use wasmtime_wasi::p2::bindings::filesystem::preopens;
 
-use crate::bindings::Executor;
+use crate::bindings::{blobs_api, host_api, types_api};
+use crate::blobs::HasBlobs;
 use crate::meta::Limits;
 use crate::sandbox::StepCtx;
 
@@ -53,7 +54,9 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<StepCtx>> {
     environment::add_to_linker::<_, HasSelf<_>>(&mut linker, |ctx| ctx)?;
     linker.allow_shadowing(false);
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    Executor::add_to_linker::<_, HasSelf<_>>(&mut linker, |ctx| ctx)?;
+    types_api::add_to_linker::<_, HasSelf<_>>(&mut linker, |ctx| ctx)?;
+    host_api::add_to_linker::<_, HasSelf<_>>(&mut linker, |ctx| ctx)?;
+    blobs_api::add_to_linker::<_, HasBlobs>(&mut linker, StepCtx::blobs_view)?;
     Ok(linker)
 }
 

@@ -7,6 +7,7 @@
 
 mod artifacts;
 mod bindings;
+mod blobs;
 mod capture;
 mod denials;
 mod engine;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use async_trait::async_trait;
+use flowhost_core::blob::BlobStore;
 use flowhost_core::executor::{Executor, PluginFacts};
 use flowhost_core::observe::{NoObserver, Observer};
 use tokio::sync::{Semaphore, watch};
@@ -55,6 +57,9 @@ pub struct PluginHost {
     /// until the compiler's thread returns, even when its load gave up.
     compile_slots: Arc<Semaphore>,
     observer: Arc<dyn Observer>,
+    /// What the `blobs` import reads and writes; `None` answers every call
+    /// `unavailable`.
+    blobs: Option<Arc<dyn BlobStore>>,
 }
 
 impl PluginHost {
@@ -72,12 +77,20 @@ impl PluginHost {
             set: ArcSwap::default(),
             changes: watch::Sender::new(0),
             observer: Arc::new(NoObserver),
+            blobs: None,
         })
     }
 
     /// Reports compile and instantiate times to `observer` from now on.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = observer;
+        self
+    }
+
+    /// Serves the `blobs` import from `blobs`: each step reads the blobs
+    /// its input refers to and creates new ones there.
+    pub fn with_blobs(mut self, blobs: Arc<dyn BlobStore>) -> Self {
+        self.blobs = Some(blobs);
         self
     }
 

@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Blob bytes a step may read unless its manifest says otherwise.
+pub const DEFAULT_MAX_BLOB_READ_BYTES: u64 = 256 << 20;
+/// Blob bytes a step may create unless its manifest says otherwise.
+pub const DEFAULT_MAX_BLOB_WRITE_BYTES: u64 = 64 << 20;
+
 /// The host's defaults for every plugin, from `config.yaml`.
 #[derive(Clone, Debug)]
 pub struct Defaults {
@@ -38,6 +43,9 @@ pub struct Grants {
     pub max_output_bytes: usize,
     pub fuel: Option<u64>,
     pub max_stdio_bytes: usize,
+    /// Blob bytes one step may read, and create, through the `blobs` import.
+    pub max_blob_read_bytes: u64,
+    pub max_blob_write_bytes: u64,
     /// Hosts (`host` or `host:port`) reachable over wasi:http.
     pub http_allow: Vec<String>,
     pub http_timeout_ms: u64,
@@ -99,6 +107,8 @@ struct LimitsSection {
     max_output_bytes: Option<usize>,
     fuel: Option<u64>,
     max_stdio_bytes: Option<usize>,
+    max_blob_read_bytes: Option<u64>,
+    max_blob_write_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +188,10 @@ pub fn grants_for(wasm: &Path, defaults: &Defaults) -> Result<Grants, ManifestEr
         max_output_bytes: l.max_output_bytes.unwrap_or(defaults.max_output_bytes),
         fuel: l.fuel.or(defaults.fuel),
         max_stdio_bytes: l.max_stdio_bytes.unwrap_or(defaults.max_stdio_bytes),
+        max_blob_read_bytes: l.max_blob_read_bytes.unwrap_or(DEFAULT_MAX_BLOB_READ_BYTES),
+        max_blob_write_bytes: l
+            .max_blob_write_bytes
+            .unwrap_or(DEFAULT_MAX_BLOB_WRITE_BYTES),
         http_allow: manifest.http.allow.clone(),
         http_timeout_ms: manifest
             .http
@@ -262,6 +276,10 @@ mod tests {
         let g = grants_for(&dir.path().join("p.wasm"), &defaults()).unwrap();
         assert_eq!(g.memory_bytes, 64 << 20);
         assert_eq!(g.timeout_ms, 30_000);
+        assert_eq!(
+            (g.max_blob_read_bytes, g.max_blob_write_bytes),
+            (DEFAULT_MAX_BLOB_READ_BYTES, DEFAULT_MAX_BLOB_WRITE_BYTES)
+        );
         assert!(g.http_allow.is_empty() && g.sockets.is_empty() && g.files.is_empty());
         assert!(g.env.is_empty() && g.manifest.is_none());
         assert!(!g.allows_http("example.com"));
@@ -276,6 +294,7 @@ mod tests {
             [limits]
             memory_bytes = 1048576
             fuel = 1000
+            max_blob_write_bytes = 4096
             [http]
             allow = ["api.example.com", "127.0.0.1:8080"]
             [secrets]
@@ -284,6 +303,10 @@ mod tests {
         );
         let g = grants_for(&wasm, &defaults()).unwrap();
         assert_eq!((g.memory_bytes, g.fuel), (1 << 20, Some(1000)));
+        assert_eq!(
+            (g.max_blob_read_bytes, g.max_blob_write_bytes),
+            (DEFAULT_MAX_BLOB_READ_BYTES, 4096)
+        );
         assert!(g.allows_http("api.example.com"));
         assert!(g.allows_http("API.example.com:443"));
         assert!(g.allows_http("127.0.0.1:8080"));

@@ -33,6 +33,9 @@ impl PluginHost {
         let grants = &plugin.meta.grants;
         let timeout = call.timeout.unwrap_or_else(|| grants.timeout());
         let mut store = self.store(&plugin.meta.name, call.flow_id, call.step, grants, timeout);
+        if let Some(blobs) = &self.blobs {
+            store.data_mut().open_blobs(blobs.clone(), call.input);
+        }
         let (stdout, stderr) = {
             let ctx = store.data();
             (ctx.stdout.clone(), ctx.stderr.clone())
@@ -106,6 +109,13 @@ impl PluginHost {
         let result = match called {
             Err(trap) => Err(classify_trap(&trap, ctx, grants, timeout)),
             Ok(returned) => output(returned, grants),
+        };
+        // A blob budget crossed fails the step even if the plugin went on
+        // without the refused bytes: its output would not be the one asked for.
+        let result = match (result, ctx.blobs.overrun()) {
+            (Ok(_), Some(over)) => Err(over),
+            (Err(e), Some(over)) if is_plugins_verdict(&e) => Err(over),
+            (result, _) => result,
         };
         let denials = ctx.denials.list();
         match (result, denials.first()) {

@@ -1,11 +1,14 @@
 //! The per-step sandbox: what a plugin's `Store` holds. A WASI context that
 //! grants only what the manifest lists (by default no files, environment,
 //! arguments, sockets or HTTP hosts), captured stdio, a memory limiter that
-//! remembers a refusal, the gated `wasi:http` context and the `log` import.
-//! Every refused capability is recorded in the step's [`Denials`].
+//! remembers a refusal, the gated `wasi:http` context, the step's blob access
+//! and the `log` import. Every refused capability is recorded in the step's
+//! [`Denials`].
 
 use std::sync::Arc;
 
+use flowhost_core::blob::BlobStore;
+use serde_json::Value;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::filesystem::WasiFilesystemView;
@@ -17,6 +20,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{Host, LogLevel, TypesHost};
+use crate::blobs::{BlobsView, StepBlobs};
 use crate::capture::Capture;
 use crate::denials::Denials;
 use crate::http::HttpGate;
@@ -80,6 +84,8 @@ pub struct StepCtx {
     pub(crate) stdout: Capture,
     pub(crate) stderr: Capture,
     pub(crate) denials: Denials,
+    /// Unavailable until [`StepCtx::open_blobs`] (never, for `describe`).
+    pub(crate) blobs: StepBlobs,
     grants: Arc<Grants>,
     plugin: String,
     flow_id: String,
@@ -150,10 +156,24 @@ impl StepCtx {
             stdout,
             stderr,
             denials,
+            blobs: StepBlobs::default(),
             grants: grants.clone(),
             plugin: plugin.to_owned(),
             flow_id: flow_id.to_owned(),
             step: step.to_owned(),
+        }
+    }
+
+    /// Gives the step access to `store`: the blobs its `input` refers to,
+    /// and those it creates, within its grants' budgets.
+    pub fn open_blobs(&mut self, store: Arc<dyn BlobStore>, input: &Value) {
+        self.blobs = StepBlobs::for_step(store, input, &self.grants, self.denials.clone());
+    }
+
+    pub fn blobs_view(&mut self) -> BlobsView<'_> {
+        BlobsView {
+            blobs: &mut self.blobs,
+            table: &mut self.table,
         }
     }
 }
