@@ -55,7 +55,7 @@ impl FlowRunner {
             .filter(|(_, v)| BlobRef::parse(v).is_none())
             .map(|(k, v)| (k.clone(), json_len(v)))
             .collect();
-        sizes.sort_by(|a, b| b.1.cmp(&a.1));
+        sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
         let mut total = total;
         for (name, size) in sizes {
             if total <= max {
