@@ -12,19 +12,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowhost_core::blob::{BlobStore, MemoryBlobs};
+use chrono::Utc;
+use flowhost_core::blob::{BlobStore, MemoryBlobs, retention};
 use flowhost_core::flow::{FlowCatalog, FlowDefinition, FlowSet};
 use flowhost_core::observe::Observer;
 use flowhost_core::queue::WorkQueue;
 use flowhost_core::runner::worker::QueueSettings;
 use flowhost_core::runner::{CacheSettings, FlowRunner, Ports, RetryPolicy, RunnerConfig};
 use flowhost_core::state::StateStore;
+use flowhost_files::FsBlobStore;
 use flowhost_redis::{FallbackStore, RedisHealth, RedisStoreConfig};
 use flowhost_wasm::manifest::Defaults;
 use flowhost_wasm::{Limits, PluginHost, PluginSet};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{BlobBackend, Config};
 use crate::metrics::Metrics;
 
 pub struct App {
@@ -50,6 +52,14 @@ pub enum BuildError {
     Engine(String),
     #[error("cannot start the thread that loads plugins: {0}")]
     Loader(#[source] std::io::Error),
+    #[error("blobs.backend is redis, but no redis.url is configured")]
+    BlobsWithoutRedis,
+    #[error("cannot open the blob folder {dir}: {source}")]
+    BlobDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl App {
@@ -117,7 +127,13 @@ impl App {
             Duration::from_secs(config.retention.prune_interval_seconds.max(1)),
         ));
 
-        let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobs::new());
+        let blobs = blob_store(&config, &store)?;
+        tokio::spawn(sweep_blobs_periodically(
+            blobs.clone(),
+            store.clone(),
+            Duration::from_secs(config.blobs.grace_seconds),
+            Duration::from_secs(config.blobs.sweep_interval_seconds.max(1)),
+        ));
         let ports = Ports {
             executor: plugins.clone(),
             flows: flows.clone(),
@@ -336,6 +352,54 @@ pub fn plugin_limits(config: &Config) -> Limits {
     }
 }
 
+/// The blob store `blobs.backend` names: `auto` is Redis (through the
+/// fallback store, so memory while Redis is away) when `redis.url` is set,
+/// else memory; `files` is a folder the hosts may share.
+fn blob_store(
+    config: &Config,
+    store: &Arc<FallbackStore>,
+) -> Result<Arc<dyn BlobStore>, BuildError> {
+    let redis = config.redis_url().is_some();
+    Ok(match config.blobs.backend {
+        BlobBackend::Auto | BlobBackend::Redis if redis => store.clone(),
+        BlobBackend::Redis => return Err(BuildError::BlobsWithoutRedis),
+        BlobBackend::Auto | BlobBackend::Memory => Arc::new(MemoryBlobs::new()),
+        BlobBackend::Files => {
+            let dir = &config.blobs.dir;
+            let files = FsBlobStore::open(dir).map_err(|source| BuildError::BlobDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            tracing::info!(dir = %dir.display(), "blobs are kept in a folder");
+            Arc::new(files)
+        }
+    })
+}
+
+/// Removes the blobs nothing holds any more, every `every`
+/// (`blob::retention`). Hosts sharing a store may sweep at once: each
+/// removal is checked against holds and uploads atomically.
+async fn sweep_blobs_periodically(
+    blobs: Arc<dyn BlobStore>,
+    flows: Arc<dyn StateStore>,
+    grace: Duration,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        match retention::sweep(&*blobs, &*flows, grace, Utc::now()).await {
+            Ok(swept) if swept.removed == 0 && swept.released == 0 => {}
+            Ok(swept) => tracing::info!(
+                examined = swept.examined,
+                removed = swept.removed,
+                released = swept.released,
+                "swept blobs nothing holds"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep blobs"),
+        }
+    }
+}
+
 /// Removes finished flows past their retention, every `every`. In Redis
 /// their keys expire by themselves; this also keeps the memory store and the
 /// indexes from growing.
@@ -347,5 +411,50 @@ async fn prune_periodically(store: Arc<dyn StateStore>, retention: Duration, eve
             Ok(n) => tracing::info!(removed = n, "pruned finished flows past their retention"),
             Err(e) => tracing::warn!(error = %e, "cannot prune finished flows"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blobs_go_where_the_backend_says() {
+        let store = FallbackStore::memory();
+        let mut config = Config::default();
+        config.blobs.backend = BlobBackend::Redis;
+        assert!(matches!(
+            blob_store(&config, &store),
+            Err(BuildError::BlobsWithoutRedis)
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        config.blobs.backend = BlobBackend::Files;
+        config.blobs.dir = dir.path().join("blobs");
+        let blobs = blob_store(&config, &store).unwrap();
+        let r = flowhost_core::blob::put(&*blobs, "text/plain", b"on disk")
+            .await
+            .unwrap();
+        let hex = r.id.hex();
+        let data = config.blobs.dir.join("data").join(&hex[..2]).join(hex);
+        assert_eq!(std::fs::read(data).unwrap(), b"on disk");
+
+        // Without Redis, `auto` keeps them in memory: not in that folder.
+        config.blobs.backend = BlobBackend::Auto;
+        let blobs = blob_store(&config, &store).unwrap();
+        let r = flowhost_core::blob::put(&*blobs, "text/plain", b"in memory")
+            .await
+            .unwrap();
+        assert!(blobs.stat(&r.id).await.unwrap().is_some());
+        let hex = r.id.hex();
+        assert!(
+            !config
+                .blobs
+                .dir
+                .join("data")
+                .join(&hex[..2])
+                .join(hex)
+                .exists()
+        );
     }
 }
