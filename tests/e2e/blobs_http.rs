@@ -194,6 +194,52 @@ async fn an_upload_reads_back_whole_in_ranges_and_by_etag() {
     assert_eq!(header(&head, "content-length"), n.to_string());
 }
 
+/// The peak resident memory of a process so far, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_100_mb_blob_goes_in_and_out_without_100_mb_of_host_memory() {
+    // On a folder, so that the store itself holds nothing in memory.
+    let plugins = plugins_dir(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&format!(
+        "blobs:\n  backend: files\n  dir: {}\n  max_bytes: 200000000\n",
+        dir.path().display()
+    ));
+    let host = Host::start(&[
+        ("FLOWHOST_PLUGINS_DIR", plugins.path().to_str().unwrap()),
+        ("FLOWHOST_CONFIG", config.path().to_str().unwrap()),
+    ])
+    .unwrap();
+    let before = peak_rss(host.pid());
+    let data = bytes(100_000_000, 7);
+    let (status, reference) = upload(&host, "application/octet-stream", data.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{reference}");
+    let mut read = get(&host, &id_of(&data), &[]).await;
+    let mut received = 0;
+    while let Some(piece) = read.chunk().await.unwrap() {
+        assert!(
+            piece == data[received..received + piece.len()],
+            "at {received}"
+        );
+        received += piece.len();
+    }
+    assert_eq!(received, data.len());
+    let grown = peak_rss(host.pid()).saturating_sub(before);
+    assert!(
+        grown < 40_000_000,
+        "the host's peak memory grew by {grown} bytes for a 100 MB blob"
+    );
+}
+
 #[tokio::test]
 async fn ids_are_checked_and_missing_blobs_are_404() {
     let (host, _keep) = host(None);
@@ -431,6 +477,25 @@ async fn a_form_execute_gives_its_files_to_the_flow_as_references() {
     assert_eq!(run["outputs"]["note"], "a \"quoted\" note", "{run}");
     let stored = get(&host, &id_of(&scan), &[]).await;
     assert!(stored.bytes().await.unwrap() == scan);
+
+    // The Idempotency-Key works as with a JSON body.
+    let keyed = || async {
+        let (content_type, body) = form(&[
+            ("image", Some("scan.png"), Some("image/png"), &scan),
+            ("note", None, None, b"once"),
+        ]);
+        let resp = reqwest::Client::new()
+            .post(host.url("/api/v1/see/execute"))
+            .header("content-type", content_type)
+            .header("idempotency-key", "form-once")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<Value>().await.unwrap()["flow_id"].clone()
+    };
+    assert_eq!(keyed().await, keyed().await);
 
     // execute-async takes the same form; an unnamed type is guessed.
     let (status, submitted) = post_form(

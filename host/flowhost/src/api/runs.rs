@@ -135,14 +135,14 @@ pub(super) async fn execute(
 }
 
 /// The inputs and context of an execute request: its body, JSON or a form,
-/// and its `Idempotency-Key` header. The flow was found first, so that a
-/// form's files are stored only for a flow that exists.
+/// and its `Idempotency-Key` header, checked first so that a refused request
+/// stores none of its files. The flow was found before, for the same reason.
 async fn execute_request(
     app: &App,
     request: Request,
 ) -> Result<(Map<String, Value>, FlowContext), ApiError> {
-    let headers = request.headers().clone();
-    let body = if is_multipart(&headers) {
+    let key = idempotency_key(request.headers())?;
+    let body = if is_multipart(request.headers()) {
         forms::execute_form(app, request).await?
     } else {
         let bytes = Bytes::from_request(request, &())
@@ -150,7 +150,13 @@ async fn execute_request(
             .map_err(|e| ApiError::BadBody(e.body_text()))?;
         json_body(&bytes)?
     };
-    context(body, &headers)
+    let mut ctx = FlowContext::new();
+    if let Some(raw) = &body.flow_id {
+        ctx.flow_id = raw.parse().map_err(|_| ApiError::BadFlowId(raw.clone()))?;
+    }
+    ctx.metadata = body.metadata;
+    ctx.idempotency_key = key;
+    Ok((body.inputs, ctx))
 }
 
 /// A JSON execute body, read as JSON whatever its Content-Type, so that a
@@ -174,30 +180,19 @@ fn json_body(body: &Bytes) -> Result<ExecuteRequest, ApiError> {
         .map_err(|e| ApiError::BadBody(format!("{e}; {example}")))
 }
 
-/// The run's context: its id and metadata from the body, and the
-/// `Idempotency-Key` header.
-fn context(
-    request: ExecuteRequest,
-    headers: &HeaderMap,
-) -> Result<(Map<String, Value>, FlowContext), ApiError> {
-    let mut ctx = FlowContext::new();
-    if let Some(raw) = &request.flow_id {
-        ctx.flow_id = raw.parse().map_err(|_| ApiError::BadFlowId(raw.clone()))?;
-    }
-    ctx.metadata = request.metadata;
-    if let Some(key) = headers.get("idempotency-key") {
-        let key = key
-            .to_str()
-            .ok()
-            .filter(|k| !k.is_empty() && k.len() <= 256)
-            .ok_or_else(|| {
-                ApiError::BadBody(
-                    "Idempotency-Key must be 1 to 256 visible ASCII characters".into(),
-                )
-            })?;
-        ctx.idempotency_key = Some(key.to_owned());
-    }
-    Ok((request.inputs, ctx))
+/// The `Idempotency-Key` header, if any.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .ok_or_else(|| {
+            ApiError::BadBody("Idempotency-Key must be 1 to 256 visible ASCII characters".into())
+        })?;
+    Ok(Some(key.to_owned()))
 }
 
 /// Start a run in the background; poll `status_url` for its progress.
