@@ -78,28 +78,6 @@ impl App {
     /// degraded. Only an engine that cannot start is an error.
     pub async fn start(config: Config) -> Result<Arc<App>, BuildError> {
         let metrics = Arc::new(Metrics::new());
-        let plugins = Arc::new(
-            PluginHost::new(plugin_limits(&config))
-                .map_err(|e| BuildError::Engine(format!("{e:#}")))?
-                .with_observer(metrics.clone()),
-        );
-        // Every file is marked loading before the first request can ask.
-        plugins
-            .load_dir_in_background(&config.plugins_dir)
-            .map_err(BuildError::Loader)?;
-        let now = plugins.snapshot();
-        let flows = Arc::new(FlowCatalog::load_dir(&config.flows_dir, &|name| {
-            now.availability(name)
-        }));
-        let (validated_tx, validated) = watch::channel(now);
-        tokio::spawn(follow_plugins(
-            plugins.clone(),
-            flows.clone(),
-            config.flows_dir.clone(),
-            metrics.clone(),
-            validated_tx,
-        ));
-
         // This host's name in leases and in the queue's consumer group.
         let host_id = config.host_id();
         tracing::info!(host_id, "starting");
@@ -134,6 +112,30 @@ impl App {
             Duration::from_secs(config.blobs.grace_seconds),
             Duration::from_secs(config.blobs.sweep_interval_seconds.max(1)),
         ));
+
+        let plugins = Arc::new(
+            PluginHost::new(plugin_limits(&config))
+                .map_err(|e| BuildError::Engine(format!("{e:#}")))?
+                .with_observer(metrics.clone())
+                .with_blobs(blobs.clone()),
+        );
+        // Every file is marked loading before the first request can ask.
+        plugins
+            .load_dir_in_background(&config.plugins_dir)
+            .map_err(BuildError::Loader)?;
+        let now = plugins.snapshot();
+        let flows = Arc::new(FlowCatalog::load_dir(&config.flows_dir, &|name| {
+            now.availability(name)
+        }));
+        let (validated_tx, validated) = watch::channel(now);
+        tokio::spawn(follow_plugins(
+            plugins.clone(),
+            flows.clone(),
+            config.flows_dir.clone(),
+            metrics.clone(),
+            validated_tx,
+        ));
+
         let ports = Ports {
             executor: plugins.clone(),
             flows: flows.clone(),

@@ -3,7 +3,9 @@
 //!
 //! - `digest`: reads every blob referenced in its input, `len` bytes a call
 //!   (default 1 MiB), and returns each one's size, FNV-1a hash, first bytes
-//!   and the number of reads it took.
+//!   and the number of reads it took; and likewise each `{"base64": …}`
+//!   object, decoded (the same bytes inlined, for the benchmark that
+//!   compares the two).
 //! - `reverse`: reads the first referenced blob, creates a blob of its bytes
 //!   reversed, reads that back, and returns `{"reversed": <reference>}`.
 //! - `guess`: reads the blob `id`, which its input does not reference.
@@ -87,7 +89,32 @@ fn digest(input: &Value, len: u32) -> Result<Value, StepError> {
             "reads": reads,
         }));
     }
+    let mut inline = Vec::new();
+    inlined(input, &mut inline);
+    for text in inline {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| StepError::InvalidInput(format!("base64: {e}")))?;
+        out.push(json!({
+            "size": bytes.len(),
+            "fnv1a": format!("{:016x}", fnv1a(FNV_OFFSET, &bytes)),
+            "first_bytes": bytes.iter().take(8).collect::<Vec<_>>(),
+        }));
+    }
     Ok(json!({ "blobs": out }))
+}
+
+/// The text of every `{"base64": …}` object in `v`.
+fn inlined<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::Object(m) => match m.get("base64").and_then(Value::as_str) {
+            Some(text) => out.push(text),
+            None => m.values().for_each(|v| inlined(v, out)),
+        },
+        Value::Array(items) => items.iter().for_each(|v| inlined(v, out)),
+        _ => {}
+    }
 }
 
 fn reverse(input: &Value) -> Result<Value, StepError> {
