@@ -18,6 +18,9 @@ use wasmtime::Store;
 use wasmtime::component::{Linker, ResourceTable, Val};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+#[path = "suite/blobs.rs"]
+mod blobs;
+
 type Result<T> = anyhow::Result<T>;
 
 // The same allocator as the `flowhost` binary.
@@ -173,6 +176,16 @@ async fn build_app(
     plugins: &std::path::Path,
     flows: &std::path::Path,
 ) -> Result<Arc<App>> {
+    build_app_with(redis, plugins, flows, |_| {}).await
+}
+
+/// `build_app`, with the configuration changed by `tweak` first.
+async fn build_app_with(
+    redis: Option<&RedisServer>,
+    plugins: &std::path::Path,
+    flows: &std::path::Path,
+    tweak: impl FnOnce(&mut Config),
+) -> Result<Arc<App>> {
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".into()),
         redis_url: Some(redis.map(RedisServer::url).unwrap_or_default()),
@@ -183,6 +196,7 @@ async fn build_app(
     let mut config = Config::load(Some(&repo_root().join("config.yaml")), &overrides)?;
     config.log.filter = "error".into();
     config.limits.step_timeout_ms = 120_000;
+    tweak(&mut config);
     Ok(App::build(config).await?)
 }
 
@@ -781,7 +795,9 @@ async fn memory(t: &mut Table) -> Result<()> {
 }
 
 /// `cargo bench -p flowhost --bench suite [-- ITEM...]` runs every item, or
-/// the ones named: step, sync, runner, async, redis, cache, start, memory.
+/// the ones named: step, sync, fsync, runner, async, redis, cache, start,
+/// memory, blobs (8a image, 8b upload, 8c compression; or `image`, `upload`,
+/// `compression` alone).
 #[tokio::main]
 async fn main() -> Result<()> {
     let chosen: Vec<String> = std::env::args()
@@ -821,6 +837,15 @@ async fn main() -> Result<()> {
     }
     if run("memory") {
         memory(&mut t).await?;
+    }
+    if run("blobs") || run("image") {
+        blobs::image(&mut t).await?;
+    }
+    if run("blobs") || run("upload") {
+        blobs::upload(&mut t).await?;
+    }
+    if run("blobs") || run("compression") {
+        blobs::compression(&mut t).await?;
     }
     Ok(())
 }

@@ -63,6 +63,14 @@ pub enum BuildError {
 }
 
 impl App {
+    /// Where the API looks up who holds a blob: runs and cache entries.
+    pub fn holders(&self) -> retention::Holders<'_> {
+        retention::Holders {
+            flows: &*self.fallback,
+            cache: &*self.fallback,
+        }
+    }
+
     /// [`App::start`], then waits until every plugin file was loaded or
     /// skipped and the flows were checked against them.
     pub async fn build(config: Config) -> Result<Arc<App>, BuildError> {
@@ -383,13 +391,17 @@ fn blob_store(
 /// removal is checked against holds and uploads atomically.
 async fn sweep_blobs_periodically(
     blobs: Arc<dyn BlobStore>,
-    flows: Arc<dyn StateStore>,
+    store: Arc<FallbackStore>,
     grace: Duration,
     every: Duration,
 ) {
+    let holders = retention::Holders {
+        flows: &*store,
+        cache: &*store,
+    };
     loop {
         tokio::time::sleep(every).await;
-        match retention::sweep(&*blobs, &*flows, grace, Utc::now()).await {
+        match retention::sweep(&*blobs, holders, grace, Utc::now()).await {
             Ok(swept) if swept.removed == 0 && swept.released == 0 => {}
             Ok(swept) => tracing::info!(
                 examined = swept.examined,

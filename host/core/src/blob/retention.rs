@@ -3,20 +3,29 @@
 //! It is mark-and-sweep over holds recorded on the blobs themselves: a run
 //! holds the blobs its inputs and outputs refer to (`flow:ID`, recorded
 //! before the state that refers to them), a cache entry until it expires
-//! (`cache:KEY`). The sweep drops holds whose holder is gone (an expired
-//! entry, a run deleted or pruned) and removes a blob left without holds
+//! (`cache:KEY`). The sweep drops holds whose holder is gone (an entry
+//! expired or invalidated, a run deleted or pruned) and removes a blob left without holds
 //! once it is older than the grace period, which covers an upload not yet
 //! used by a run and a blob a plugin created for a step not yet recorded.
 //! Counting references instead would need every store's deletes and the
 //! cache's expiries to report back, and one lost decrement would remove a
-//! blob a run still needs; holds checked against the state store cannot.
+//! blob a run still needs; holds checked against the state store and the
+//! cache cannot.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::{BlobError, BlobId, BlobStore, Hold};
+use crate::cache::ResultCache;
 use crate::state::{FlowId, StateStore};
+
+/// Where the holders of blobs are looked up: runs, and cache entries.
+#[derive(Clone, Copy)]
+pub struct Holders<'a> {
+    pub flows: &'a dyn StateStore,
+    pub cache: &'a dyn ResultCache,
+}
 
 /// The holder name of a run.
 pub fn flow_holder(id: FlowId) -> String {
@@ -37,14 +46,17 @@ pub struct Swept {
     pub released: u64,
 }
 
-/// Whether a hold still counts at `now`. A run that cannot be looked up
+/// Whether a hold still counts at `now`. A holder that cannot be looked up
 /// (the store away) counts: a blob is never removed on a doubt.
-async fn alive(hold: &Hold, flows: &dyn StateStore, now: DateTime<Utc>) -> bool {
+async fn alive(hold: &Hold, holders: Holders<'_>, now: DateTime<Utc>) -> bool {
     if hold.until.is_some_and(|until| until <= now) {
         return false;
     }
+    if let Some(key) = hold.holder.strip_prefix("cache:") {
+        return !matches!(holders.cache.get(key).await, Ok(None));
+    }
     match hold.holder.strip_prefix("flow:").map(str::parse::<FlowId>) {
-        Some(Ok(id)) => !matches!(flows.get_flow(id).await, Ok(None)),
+        Some(Ok(id)) => !matches!(holders.flows.get_flow(id).await, Ok(None)),
         _ => true,
     }
 }
@@ -52,14 +64,14 @@ async fn alive(hold: &Hold, flows: &dyn StateStore, now: DateTime<Utc>) -> bool 
 /// The holds on `id` that still count, after dropping the others.
 pub async fn live_holds(
     blobs: &dyn BlobStore,
-    flows: &dyn StateStore,
+    holders: Holders<'_>,
     id: &BlobId,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Hold>, u64), BlobError> {
     let mut live = Vec::new();
     let mut dead = Vec::new();
     for hold in blobs.holds(id).await? {
-        if alive(&hold, flows, now).await {
+        if alive(&hold, holders, now).await {
             live.push(hold);
         } else {
             dead.push(hold.holder);
@@ -75,7 +87,7 @@ pub async fn live_holds(
 /// without any that were last touched more than `grace` before `now`.
 pub async fn sweep(
     blobs: &dyn BlobStore,
-    flows: &dyn StateStore,
+    holders: Holders<'_>,
     grace: Duration,
     now: DateTime<Utc>,
 ) -> Result<Swept, BlobError> {
@@ -89,7 +101,7 @@ pub async fn sweep(
         if stat.touched_at >= cutoff {
             continue;
         }
-        let (live, released) = live_holds(blobs, flows, &id, now).await?;
+        let (live, released) = live_holds(blobs, holders, &id, now).await?;
         swept.released += released;
         if live.is_empty() && blobs.remove_unheld(&id, cutoff).await? {
             swept.removed += 1;

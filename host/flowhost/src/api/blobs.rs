@@ -422,7 +422,7 @@ pub(super) async fn delete(
         id: id.to_string(),
         holders: holds.into_iter().map(|h| h.holder).collect(),
     };
-    let (live, _) = live_holds(app.blobs.as_ref(), app.store.as_ref(), &id, Utc::now()).await?;
+    let (live, _) = live_holds(app.blobs.as_ref(), app.holders(), &id, Utc::now()).await?;
     if !live.is_empty() {
         return Err(held(live));
     }

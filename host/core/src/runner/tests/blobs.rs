@@ -3,7 +3,7 @@
 //! holds for runs and cache entries, and the retention sweep honouring them.
 
 use super::*;
-use crate::blob::retention::{cache_holder, flow_holder, sweep};
+use crate::blob::retention::{Holders, cache_holder, flow_holder, sweep};
 use crate::blob::{self, BlobId, BlobRef, BlobStore};
 
 /// A limit small enough for test values: 1 KiB.
@@ -215,7 +215,7 @@ async fn the_sweep_keeps_what_a_resumable_run_holds_and_removes_the_rest() {
 
     // grace 0: everything is old enough; only the unheld one goes
     let later = chrono::Utc::now() + chrono::Duration::seconds(1);
-    let swept = sweep(&*h.blobs, &*h.store, Duration::ZERO, later)
+    let swept = sweep(&*h.blobs, h.holders(), Duration::ZERO, later)
         .await
         .unwrap();
     assert_eq!(swept.removed, 1, "{swept:?}");
@@ -232,7 +232,7 @@ async fn the_sweep_keeps_what_a_resumable_run_holds_and_removes_the_rest() {
     // once the run is gone, its blobs go too
     assert!(h.store.delete_flow(run.flow_id).await.unwrap());
     let later = chrono::Utc::now() + chrono::Duration::seconds(1);
-    let swept = sweep(&*h.blobs, &*h.store, Duration::ZERO, later)
+    let swept = sweep(&*h.blobs, h.holders(), Duration::ZERO, later)
         .await
         .unwrap();
     assert!(swept.removed >= 1 && swept.released >= 1, "{swept:?}");
@@ -241,4 +241,13 @@ async fn the_sweep_keeps_what_a_resumable_run_holds_and_removes_the_rest() {
         h.blobs.list().await.unwrap().is_empty(),
         "every blob of the run is gone"
     );
+}
+
+impl Harness {
+    fn holders(&self) -> Holders<'_> {
+        Holders {
+            flows: &*self.store,
+            cache: &*self.cache,
+        }
+    }
 }
