@@ -3,7 +3,9 @@
 //! over `state.inline_max_bytes`, the status answering the reference, the
 //! steps computing on the whole text), mid-sized values compressed with zstd
 //! in Redis, and the retention sweep keeping the blobs of a run that can
-//! still be retried while removing the rest.
+//! still be retried while removing the rest; a plugin reading the blob its
+//! input refers to and creating one, refused any other; references to
+//! missing blobs and malformed ones.
 
 use std::time::Duration;
 
@@ -260,4 +262,99 @@ async fn the_sweep_keeps_the_blobs_of_a_run_that_can_be_retried() {
         "the pruned run's blob swept",
     )
     .await;
+}
+
+const MIRROR: &str = r#"
+name: mirror
+inputs:
+  image: {}
+steps:
+  - name: flip
+    plugin: blobs
+    input:
+      image: ${inputs.image}
+    config: {mode: reverse}
+outputs:
+  reversed: ${steps.flip.output.reversed}
+"#;
+
+const PEEK: &str = r#"
+name: peek
+inputs:
+  image: {}
+  other: {type: string}
+steps:
+  - name: guess
+    plugin: blobs
+    input:
+      image: ${inputs.image}
+    config: {mode: guess, id: "${inputs.other}"}
+"#;
+
+#[tokio::test]
+async fn a_plugin_reads_its_input_blob_creates_one_and_is_refused_any_other() {
+    let plugins = plugins_dir(&["blobs"]);
+    let flows = flows_dir(&[("mirror", MIRROR), ("peek", PEEK)]);
+    let host = Host::start(&[
+        ("FLOWHOST_PLUGINS_DIR", plugins.path().to_str().unwrap()),
+        ("FLOWHOST_FLOWS_DIR", flows.path().to_str().unwrap()),
+    ])
+    .unwrap();
+    let bytes: Vec<u8> = (0..1_500_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let image: Value = reqwest::Client::new()
+        .post(host.url("/api/v1/blobs"))
+        .header("content-type", "image/png")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let run = execute(&host, "mirror", json!({"image": image})).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    let reversed = &run["outputs"]["reversed"];
+    assert_eq!(reversed["media_type"], "image/png");
+    assert_eq!(reversed["size"], json!(bytes.len()));
+    let id = reversed["$blob"].as_str().unwrap();
+    let got = reqwest::get(host.url(&format!("/api/v1/blobs/{id}")))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut want = bytes.clone();
+    want.reverse();
+    assert!(got[..] == want[..], "the created blob holds the reversed bytes");
+    // The run holds what its plugin created.
+    let resp = reqwest::Client::new()
+        .delete(host.url(&format!("/api/v1/blobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+
+    // A blob the step's input does not refer to is refused.
+    let run = execute(&host, "peek", json!({"image": image, "other": id})).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["steps"][0]["error_kind"], "capability_denied", "{run}");
+
+    // A reference to a blob nobody stored fails the step, naming it.
+    let nowhere = format!("blake3:{}", "ab".repeat(32));
+    let run = execute(&host, "mirror", json!({"image": {"$blob": nowhere}})).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["steps"][0]["error_kind"], "invalid_input", "{run}");
+    assert!(run["steps"][0]["error"].as_str().unwrap().contains(&nowhere), "{run}");
+
+    // A malformed reference is refused at submit.
+    let resp = reqwest::Client::new()
+        .post(host.url("/api/v1/mirror/execute"))
+        .body(json!({"inputs": {"image": {"$blob": "md5:1234"}}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body.to_string().contains("inputs.image"), "{body}");
 }
