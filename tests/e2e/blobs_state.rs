@@ -300,7 +300,9 @@ async fn a_plugin_reads_its_input_blob_creates_one_and_is_refused_any_other() {
         ("FLOWHOST_FLOWS_DIR", flows.path().to_str().unwrap()),
     ])
     .unwrap();
-    let bytes: Vec<u8> = (0..1_500_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let bytes: Vec<u8> = (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
     let image: Value = reqwest::Client::new()
         .post(host.url("/api/v1/blobs"))
         .header("content-type", "image/png")
@@ -326,7 +328,10 @@ async fn a_plugin_reads_its_input_blob_creates_one_and_is_refused_any_other() {
         .unwrap();
     let mut want = bytes.clone();
     want.reverse();
-    assert!(got[..] == want[..], "the created blob holds the reversed bytes");
+    assert!(
+        got[..] == want[..],
+        "the created blob holds the reversed bytes"
+    );
     // The run holds what its plugin created.
     let resp = reqwest::Client::new()
         .delete(host.url(&format!("/api/v1/blobs/{id}")))
@@ -345,7 +350,13 @@ async fn a_plugin_reads_its_input_blob_creates_one_and_is_refused_any_other() {
     let run = execute(&host, "mirror", json!({"image": {"$blob": nowhere}})).await;
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["steps"][0]["error_kind"], "invalid_input", "{run}");
-    assert!(run["steps"][0]["error"].as_str().unwrap().contains(&nowhere), "{run}");
+    assert!(
+        run["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&nowhere),
+        "{run}"
+    );
 
     // A malformed reference is refused at submit.
     let resp = reqwest::Client::new()

@@ -57,7 +57,13 @@ fn the_core_names_no_adapter_crate() {
         .and_then(|s| s.split("\n[").next())
         .unwrap();
     for adapter in [
-        "wasmtime", "redis", "axum", "hyper", "prometheus", "utoipa", "flowhost-",
+        "wasmtime",
+        "redis",
+        "axum",
+        "hyper",
+        "prometheus",
+        "utoipa",
+        "flowhost-",
     ] {
         assert!(
             !deps.lines().any(|l| l.trim_start().starts_with(adapter)),
