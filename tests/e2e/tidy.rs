@@ -75,7 +75,7 @@ fn the_core_names_no_adapter_crate() {
 #[test]
 fn anyhow_only_in_the_binary_crate() {
     for krate in crates().into_iter().filter(|k| k != "flowhost") {
-        let dir = repo_root().join("host").join(krate);
+        let dir = repo_root().join("host").join(&krate);
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         assert!(!manifest.contains("anyhow"), "{krate}/Cargo.toml");
         for file in sources(&dir.join("src")) {
@@ -91,7 +91,7 @@ fn anyhow_only_in_the_binary_crate() {
 #[test]
 fn every_file_opens_with_a_header() {
     for krate in crates() {
-        for file in sources(&repo_root().join("host").join(krate)) {
+        for file in sources(&repo_root().join("host").join(&krate)) {
             let text = std::fs::read_to_string(&file).unwrap();
             assert!(
                 text.starts_with("//!"),
@@ -107,7 +107,7 @@ fn every_file_opens_with_a_header() {
 fn long_functions_say_why() {
     let mut long = Vec::new();
     for krate in crates() {
-        for file in sources(&repo_root().join("host").join(krate).join("src")) {
+        for file in sources(&repo_root().join("host").join(&krate).join("src")) {
             if file.ends_with("tests.rs") || file.components().any(|c| c.as_os_str() == "tests") {
                 continue;
             }
@@ -182,7 +182,7 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
 #[test]
 fn modules_form_no_cycle() {
     for krate in crates() {
-        let graph = module_graph(&repo_root().join("host").join(krate).join("src"));
+        let graph = module_graph(&repo_root().join("host").join(&krate).join("src"));
         // Depth-first search for a path back to where it started.
         for start in graph.keys() {
             let mut todo: Vec<Vec<&String>> = vec![vec![start]];
