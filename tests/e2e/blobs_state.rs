@@ -288,7 +288,8 @@ steps:
     plugin: blobs
     input:
       image: ${inputs.image}
-    config: {mode: guess, id: "${inputs.other}"}
+      id: ${inputs.other}
+    config: {mode: guess}
 "#;
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 //!   compares the two).
 //! - `reverse`: reads the first referenced blob, creates a blob of its bytes
 //!   reversed, reads that back, and returns `{"reversed": <reference>}`.
-//! - `guess`: reads the blob `id`, which its input does not reference.
+//! - `guess`: reads the blob `id` (from its config, or a plain string in its
+//!   input), which its input does not reference.
 //! - `write`: creates a blob of `bytes` bytes (with a writer in 64 KiB pieces
 //!   when `chunked`); `ignore_errors` returns the error as output instead.
 
@@ -173,7 +174,12 @@ impl Guest for Blobs {
             }
             "reverse" => reverse(&input)?,
             "guess" => {
-                let id = config.get("id").and_then(Value::as_str).unwrap_or("");
+                // A plain string, not a reference: the step is not given it.
+                let id = config
+                    .get("id")
+                    .or_else(|| input.get("id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let bytes = blobs::read(id, 0, 16).map_err(blob_failed)?;
                 json!({ "read": bytes.len() })
             }
