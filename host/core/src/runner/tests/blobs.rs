@@ -80,8 +80,9 @@ async fn a_large_input_is_kept_as_a_blob_and_every_step_sees_the_value() {
     }
 }
 
-#[tokio::test]
-async fn a_resumed_run_reads_offloaded_outputs_back() {
+/// `CHAIN` under `small_inline`, its middle step failing until a test
+/// sets it right: a run that fails and can be retried.
+fn failing_at_exclaim() -> Harness {
     let exec = FakeExecutor::new()
         .with("upper", false, compute(upper))
         .with(
@@ -90,7 +91,12 @@ async fn a_resumed_run_reads_offloaded_outputs_back() {
             fail(|| PluginError::Failed("not now".into())),
         )
         .with("count", false, compute(count));
-    let h = Harness::with_config(exec, &[CHAIN], small_inline());
+    Harness::with_config(exec, &[CHAIN], small_inline())
+}
+
+#[tokio::test]
+async fn a_resumed_run_reads_offloaded_outputs_back() {
+    let h = failing_at_exclaim();
     let text = "xyz ".repeat(1000);
     let first = h.run("chain", json!({"text": text})).await;
     assert_eq!(first.status, FlowStatus::Failed);
@@ -193,15 +199,7 @@ outputs:
 
 #[tokio::test]
 async fn the_sweep_keeps_what_a_resumable_run_holds_and_removes_the_rest() {
-    let exec = FakeExecutor::new()
-        .with("upper", false, compute(upper))
-        .with(
-            "exclaim",
-            false,
-            fail(|| PluginError::Failed("not now".into())),
-        )
-        .with("count", false, compute(count));
-    let h = Harness::with_config(exec, &[CHAIN], small_inline());
+    let h = failing_at_exclaim();
     let run = h.run("chain", json!({"text": "held ".repeat(500)})).await;
     assert_eq!(run.status, FlowStatus::Failed, "resumable by a retry");
     let held = BlobRef::parse(&h.stored(run.flow_id).await.inputs["text"])
